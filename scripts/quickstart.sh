@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One-command setup + run. Usage: bash scripts/quickstart.sh {demo|test} [extra args...]
+#   demo  -> sets up, then runs the main job on its embedded default (`evilbench toyworld demo`)
+#   test  -> sets up, then runs the test suite (pytest)
+# Setup (idempotent, skipped when nothing changed): a venv in .venv (override with EVILBENCH_VENV),
+# the CPU torch wheel torch==2.13.0 unless the interpreter already has a torch, the pinned
+# dependencies, and evilbench itself built against that torch with --no-build-isolation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-}"; shift || true
+case "$mode" in demo|test) ;; *) echo "usage: bash scripts/quickstart.sh {demo|test} [args...]" >&2; exit 2;; esac
+
+PY="${PYTHON:-python3}"
+VENV="${EVILBENCH_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[quickstart] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Reinstall only when the pins or the build inputs change.
+stamp="$VENV/.evilbench-setup"
+want="$(cat requirements/constraints.txt pyproject.toml setup.py | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VPY" -c "import evilbench._C" 2>/dev/null; then
+  if ! "$VPY" -c "import torch" 2>/dev/null; then
+    echo "[quickstart] installing the CPU torch wheel (torch==2.13.0); GPU users: install your CUDA torch first"
+    "$VPY" -m pip install -q torch==2.13.0
+  fi
+  echo "[quickstart] installing pinned dependencies and building evilbench (C++ extension, ~1-2 min)"
+  "$VPY" -m pip install -q -c requirements/constraints.txt setuptools wheel ninja pybind11
+  "$VPY" -m pip install -q -c requirements/constraints.txt --no-build-isolation -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+if [ "$mode" = demo ]; then
+  exec "$VENV/bin/evilbench" toyworld demo "$@"
+else
+  exec "$VPY" -m pytest "$@"
+fi

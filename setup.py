@@ -1,0 +1,52 @@
+"""Builds evilbench._C: CPU kernels always, CUDA kernels when a CUDA torch and toolkit are present.
+
+EVILBENCH_CUDA=auto (default) | 1 (force, fail if impossible) | 0 (CPU only).
+EVILBENCH_NATIVE=1 adds -march=native (local builds only; never for shared wheels).
+GPU users: pip install --no-build-isolation -e .   (uses the torch already installed)
+"""
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("EVILBENCH_CUDA", "auto").strip().lower()
+    have = torch.version.cuda is not None and CUDA_HOME is not None
+    if mode in ("0", "off", "false", "no"):
+        return False
+    if mode in ("1", "on", "true", "yes"):
+        if not have:
+            raise RuntimeError(
+                "EVILBENCH_CUDA=1 but no CUDA build is possible: "
+                f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={CUDA_HOME!r}"
+            )
+        return True
+    return have
+
+
+def _extension():
+    cuda = _want_cuda()
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++17"]
+    if os.environ.get("EVILBENCH_NATIVE") == "1":
+        cxx.append("-march=native")
+    if not cuda:
+        return CppExtension("evilbench._C", sources, extra_compile_args={"cxx": cxx})
+    sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+    return CUDAExtension(
+        "evilbench._C",
+        sources,
+        define_macros=[("EVILBENCH_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
