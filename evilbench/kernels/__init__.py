@@ -1,0 +1,24 @@
+"""Fused kernels as registered torch ops (torch.ops.evilbench.*), with Python wrappers, fake
+(meta) kernels, autograd registrations and float64 references.
+
+Public API (imported lazily so `import evilbench.kernels` does not load the extension):
+  newton_schulz(mats, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7) -> list[Tensor]
+  lora_singular_values(A_list, B_list) -> list[Tensor]
+  spectral_penalty(A_list, B_list, kind="fro_nuclear", reduction="mean") -> Tensor
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "newton_schulz": "evilbench.kernels.newton_schulz",
+    "lora_singular_values": "evilbench.kernels.spectral",
+    "spectral_penalty": "evilbench.kernels.spectral",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'evilbench.kernels' has no attribute {name!r}")
