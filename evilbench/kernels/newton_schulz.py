@@ -9,6 +9,7 @@ iteration in fp32.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -126,28 +127,77 @@ def newton_schulz_gram_torch(
     return [_gram_torch_one(m, triples, eps, clamp_eps) for m in mats]
 
 
+@functools.lru_cache(maxsize=None)
+def ops():
+    """Load evilbench._C and register the fake (meta) kernels of its Newton-Schulz ops; returns
+    torch.ops.evilbench."""
+    from evilbench.kernels import _ext
+
+    _ext.load()
+
+    @torch.library.register_fake("evilbench::newton_schulz")
+    def _newton_schulz_fake(mats, coefficients, eps, clamp_eps=False):
+        outs = [_output_like(m) for m in mats]
+        device = mats[0].device if len(mats) else torch.device("cpu")
+        return outs, torch.empty(len(mats), dtype=torch.int32, device=device)
+
+    @torch.library.register_fake("evilbench::muon_update_")
+    def _muon_update_fake(params, grads, bufs, lr, lr_ratios, weight_decay, momentum, nesterov, coefficients, eps):
+        return None
+
+    return torch.ops.evilbench
+
+
+def _output_like(m: torch.Tensor) -> torch.Tensor:
+    """The op's output layout: column-major inputs give column-major outputs, all others row-major."""
+    rows, cols = m.shape
+    if m.stride(1) == 1 and m.stride(0) >= max(cols, 1):
+        return m.new_empty((rows, cols))
+    if m.stride(0) == 1 and m.stride(1) >= max(rows, 1):
+        return m.new_empty((cols, rows)).t()
+    return m.new_empty((rows, cols))
+
+
+def flat_coefficients(triples) -> list[float]:
+    return [v for t in triples for v in t]
+
+
+def raise_on_status(status: torch.Tensor, mats) -> None:
+    """ValueError naming the first matrix whose status is non-zero (syncs once on CUDA)."""
+    if status.numel() == 0:
+        return
+    if status.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # cannot sync inside a CUDA graph: bad matrices come out as NaN
+    bad = torch.nonzero(status).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise _nonfinite_error(i, mats[i])
+
+
 def newton_schulz(
     mats: Sequence[torch.Tensor],
     steps: int = 5,
     coefficients=KJ_COEFFICIENTS,
     eps: float = 1e-7,
+    *,
+    check_finite: bool = True,
 ) -> list[torch.Tensor]:
     """Orthogonalise every matrix of `mats` (2-D; float32, bfloat16 or float16; mixed shapes and
-    dtypes allowed; one device). Returns new tensors with the same shapes and dtypes.
+    dtypes allowed; one device) with one fused op. Returns new tensors with the same shapes and
+    dtypes (column-major inputs give column-major outputs).
 
     `coefficients` is one (a, b, c) triple used at every step or a list of `steps` triples.
-    Zero matrices give exact zeros; a matrix holding NaN or Inf raises ValueError naming its index.
+    Zero matrices give exact zeros. A matrix holding NaN or Inf raises ValueError naming its index
+    (check_finite=False skips the check, which costs one device sync on CUDA, and leaves NaN
+    outputs instead). Not differentiable: inputs are detached.
     """
     mats = _check_mats(mats)
     triples = normalize_coefficients(steps, coefficients)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    out = []
-    for i, m in enumerate(mats):
-        if not bool(torch.isfinite(m).all()):
-            raise _nonfinite_error(i, m)
-        if min(m.shape) == 0:
-            out.append(torch.empty_like(m, memory_format=torch.contiguous_format))
-            continue
-        out.append(_gram_torch_one(m, triples, eps, False))
-    return out
+    if not mats:
+        return []
+    outs, status = ops().newton_schulz([m.detach() for m in mats], flat_coefficients(triples), float(eps), False)
+    if check_finite:
+        raise_on_status(status, mats)
+    return list(outs)

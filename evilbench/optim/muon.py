@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from evilbench.kernels.newton_schulz import _gram_torch_one, normalize_coefficients
+from evilbench.kernels.newton_schulz import _gram_torch_one, flat_coefficients, normalize_coefficients, ops
 
 
 def adjust_lr_ratio(adjust_lr_fn: str | None, shape) -> float:
@@ -58,10 +58,49 @@ class Muon(torch.optim.Muon):
 
     def _update(self, group, params, grads, bufs, lr):
         triples = self._group_triples(group)
-        momentum = group["momentum"]
-        for p, g, buf in zip(params, grads, bufs):
-            buf.lerp_(g, 1 - momentum)
-            update = g.lerp(buf, momentum) if group["nesterov"] else buf
-            ortho = _gram_torch_one(update, triples, group["eps"], True)
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(ortho, alpha=-lr * adjust_lr_ratio(group["adjust_lr_fn"], p.shape))
+        momentum, nesterov = float(group["momentum"]), bool(group["nesterov"])
+        wd, eps, fn = float(group["weight_decay"]), float(group["eps"]), group["adjust_lr_fn"]
+        fused: dict[torch.device, list[int]] = {}
+        for i, (p, g, buf) in enumerate(zip(params, grads, bufs)):
+            if _fusable(p, g, buf):
+                fused.setdefault(p.device, []).append(i)
+            else:  # odd layouts / mixed dtypes: same maths with plain torch ops
+                buf.lerp_(g, 1 - momentum)
+                update = g.lerp(buf, momentum) if nesterov else buf
+                ortho = _gram_torch_one(update, triples, eps, True)
+                p.mul_(1 - lr * wd)
+                p.add_(ortho, alpha=-lr * adjust_lr_ratio(fn, p.shape))
+        if fused:
+            coef = flat_coefficients(triples)
+            for idx in fused.values():
+                ops().muon_update_(
+                    [params[i] for i in idx],
+                    [grads[i] for i in idx],
+                    [bufs[i] for i in idx],
+                    lr,
+                    [adjust_lr_ratio(fn, params[i].shape) for i in idx],
+                    wd,
+                    momentum,
+                    nesterov,
+                    coef,
+                    eps,
+                )
+
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _fusable(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor) -> bool:
+    return (
+        p.dtype in _FUSED_DTYPES
+        and g.dtype == p.dtype
+        and buf.dtype == p.dtype
+        and g.shape == p.shape
+        and buf.shape == p.shape
+        and g.device == p.device
+        and buf.device == p.device
+        and p.is_contiguous()
+        and g.is_contiguous()
+        and buf.is_contiguous()
+        and (p.device.type == "cpu" or p.device.type == "cuda")
+    )
