@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import torch
 
-from evilbench.kernels.newton_schulz import KJ_COEFFICIENTS, newton_schulz_gram_torch, normalize_coefficients
+from evilbench.kernels.newton_schulz_op import KJ_COEFFICIENTS, newton_schulz_gram_torch, normalize_coefficients
 
 
 def eager_loop_fp32(mats, steps=5, coefficients=KJ_COEFFICIENTS, eps=1e-7):

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from evilbench.kernels.newton_schulz import _gram_torch_one, flat_coefficients, normalize_coefficients, ops
+from evilbench.kernels.newton_schulz_op import _gram_torch_one, flat_coefficients, normalize_coefficients, ops
 
 
 def adjust_lr_ratio(adjust_lr_fn: str | None, shape) -> float:
