@@ -1,0 +1,579 @@
+// Gram-form Newton–Schulz on CUDA (DESIGN.md §2), torch-free: raw pointers + cudaStream_t.
+//
+// Three launches per rank bucket R in {16, 32, 64}, whatever the number of matrices:
+//   1. ns_gram_kernel:  one block per column chunk of every matrix; tiles of X go to shared memory
+//      as bf16 hi + lo halves (x = hi + lo exactly enough for fp32: error ~2^-16 |x|), and tensor
+//      cores accumulate G = X Xᵀ in fp32 (hi·hiᵀ + hi·loᵀ + lo·hiᵀ; bf16 inputs need only hi·hiᵀ).
+//      Muon: the momentum update (+ Nesterov) happens here, once per element.
+//      Each block writes its partial Gram and (max |x|, NaN/Inf flag) to the workspace.
+//   2. ns_small_kernel: one block per matrix sums the partials, normalises (s = 1/(||X|| + eps)
+//      from tr G), runs the r x r iteration in fp32 shared memory and writes M'' = s M.
+//      Over/underflowing ||X||² (|x| > ~1e19 or < ~1e-19) is redone at a power-of-two scale.
+//   3. ns_apply_kernel: one block per chunk computes out = M'' X on tensor cores
+//      (M'' split hi + lo the same way) and writes the output (Muon: p = p*decay - lr*out).
+// The work table lives on the device (NsMat, 64-bit offsets); blocks find their matrix by binary
+// search over chunk_begin. No host synchronisation anywhere: CUDA-graph capturable.
+#include "newton_schulz.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cfloat>
+#include <cstdint>
+
+namespace evilbench {
+namespace ns_cuda {
+namespace {
+
+using namespace nvcuda;
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int R>
+struct Cfg {
+  static constexpr int TK = (R == 64) ? 32 : 128;  // columns per shared-memory tile
+  static constexpr int TKP = TK + 8;               // padded bf16 row stride
+  static constexpr int OLD = TK + 4;               // padded fp32 row stride of the output tile
+  static constexpr int MLD = R + 8;                // padded bf16 row stride of M''
+  static constexpr int CH = (R == 16) ? 2048 : (R == 32 ? 1024 : 512);  // columns per block
+  static constexpr int NF = (R / 16) * (R / 16);   // 16x16 fragments of G
+  static constexpr int FPW = NF >= 8 ? NF / 8 : 1; // fragments per warp
+  static constexpr int KSPLIT = NF >= 8 ? 1 : 8 / NF;  // warps sharing a fragment (split over k)
+  static constexpr int KSTEPS = TK / 16;
+  static constexpr int NFO = (R / 16) * (TK / 16);  // output fragments per tile
+  static constexpr int FOPW = NFO / 8;
+  static_assert(NFO % 8 == 0, "output fragments must split over 8 warps");
+};
+
+// ---- element access ----------------------------------------------------------------------------
+__device__ __forceinline__ float ld1(const void* p, int dt, int64_t o) {
+  if (dt == kF32) return static_cast<const float*>(p)[o];
+  const unsigned short h = static_cast<const unsigned short*>(p)[o];
+  return dt == kBF16 ? __bfloat162float(__ushort_as_bfloat16(h)) : __half2float(__ushort_as_half(h));
+}
+__device__ __forceinline__ void st1(void* p, int dt, int64_t o, float v) {
+  if (dt == kF32) {
+    static_cast<float*>(p)[o] = v;
+  } else {
+    static_cast<unsigned short*>(p)[o] =
+        dt == kBF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
+  }
+}
+// value as stored in dtype dt (rounding round trip)
+__device__ __forceinline__ float rt(int dt, float v) {
+  if (dt == kF32) return v;
+  return dt == kBF16 ? __bfloat162float(__float2bfloat16_rn(v)) : __half2float(__float2half_rn(v));
+}
+// 8 consecutive elements, 16-byte aligned (kVec)
+__device__ __forceinline__ void ld8(const void* p, int dt, int64_t o, float v[8]) {
+  if (dt == kF32) {
+    const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + o);
+    float4 a = q[0], b = q[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    return;
+  }
+  uint4 u = *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + o);
+  const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const unsigned short lo = (unsigned short)(w[q] & 0xffffu), hi = (unsigned short)(w[q] >> 16);
+    if (dt == kBF16) {
+      v[2 * q] = __bfloat162float(__ushort_as_bfloat16(lo));
+      v[2 * q + 1] = __bfloat162float(__ushort_as_bfloat16(hi));
+    } else {
+      v[2 * q] = __half2float(__ushort_as_half(lo));
+      v[2 * q + 1] = __half2float(__ushort_as_half(hi));
+    }
+  }
+}
+__device__ __forceinline__ void st8(void* p, int dt, int64_t o, const float v[8]) {
+  if (dt == kF32) {
+    float4* q = reinterpret_cast<float4*>(static_cast<float*>(p) + o);
+    q[0] = make_float4(v[0], v[1], v[2], v[3]);
+    q[1] = make_float4(v[4], v[5], v[6], v[7]);
+    return;
+  }
+  unsigned int w[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    unsigned short a, b;
+    if (dt == kBF16) {
+      a = __bfloat16_as_ushort(__float2bfloat16_rn(v[2 * q]));
+      b = __bfloat16_as_ushort(__float2bfloat16_rn(v[2 * q + 1]));
+    } else {
+      a = __half_as_ushort(__float2half_rn(v[2 * q]));
+      b = __half_as_ushort(__float2half_rn(v[2 * q + 1]));
+    }
+    w[q] = (unsigned int)a | ((unsigned int)b << 16);
+  }
+  *reinterpret_cast<uint4*>(static_cast<unsigned short*>(p) + o) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// U for Muon from gradient g and buffer b (torch.optim.Muon): b <- b + (1-m)(g-b) (when update,
+// stored rounded to the dtype); U = nesterov ? g + m(b - g) : b.
+__device__ __forceinline__ float muon_u(float g, float& b, int dt, bool update, const NsLaunch& a) {
+  if (update) b = rt(dt, b + (1.f - a.momentum) * (g - b));
+  return a.nesterov ? g + a.momentum * (b - g) : b;
+}
+
+// Values of X for a group of 8 consecutive elements along the contiguous dimension starting at
+// offset o (n valid, the rest 0). Muon pass 1 (update) also writes the momentum buffer back.
+__device__ __forceinline__ void load_group(const NsMat& m, const NsLaunch& a, bool update, int64_t o, int n,
+                                           float v[8]) {
+  const int dt = m.dtype;
+  const bool vec = (m.flags & kVec) && n == 8;
+  if (!a.muon) {
+    if (vec) {
+      ld8(m.src, dt, o, v);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) v[q] = q < n ? ld1(m.src, dt, o + q) : 0.f;
+    }
+    return;
+  }
+  float g[8], b[8];
+  if (vec) {
+    ld8(m.src, dt, o, g);
+    ld8(m.buf, dt, o, b);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      g[q] = q < n ? ld1(m.src, dt, o + q) : 0.f;
+      b[q] = q < n ? ld1(m.buf, dt, o + q) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < 8; ++q) v[q] = muon_u(g[q], b[q], dt, update, a);
+  if (update) {
+    if (vec) {
+      st8(m.buf, dt, o, b);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if (q < n) st1(m.buf, dt, o + q, b[q]);
+    }
+  }
+}
+
+// Single element of X (slow rescale path; Muon reads the already-updated buffer).
+__device__ __forceinline__ float x_at(const NsMat& m, const NsLaunch& a, int i, int64_t k) {
+  const int64_t o = (m.flags & kTall) ? k * m.ld_src + i : (int64_t)i * m.ld_src + k;
+  if (!a.muon) return ld1(m.src, m.dtype, o);
+  float b = ld1(m.buf, m.dtype, o);
+  return muon_u(ld1(m.src, m.dtype, o), b, m.dtype, false, a);
+}
+
+__device__ __forceinline__ void split(float x, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+  hi = __float2bfloat16_rn(x);
+  lo = __float2bfloat16_rn(x - __bfloat162float(hi));
+}
+
+// Loads X[:, k0 : k0 + TK] (times t) into Xhi/Xlo (R x TKP bf16, rows >= r and columns >= d zero).
+// Tracks max |x| and NaN/Inf for the Gram pass.
+template <int R>
+__device__ void load_tile(const NsMat& m, const NsLaunch& a, bool update, int64_t k0, float t, bool need_lo,
+                          __nv_bfloat16* Xhi, __nv_bfloat16* Xlo, float& amax, int& bad) {
+  using C = Cfg<R>;
+  const int r = m.r;
+  constexpr int groups = R * C::TK / 8;
+  for (int gidx = threadIdx.x; gidx < groups; gidx += kThreads) {
+    float v[8];
+    int i0, kk0;  // the group covers (i0, kk0 .. kk0+7) when wide, (i0 .. i0+7, kk0) when tall
+    if (!(m.flags & kTall)) {
+      i0 = gidx / (C::TK / 8);
+      kk0 = 8 * (gidx % (C::TK / 8));
+      const int64_t k = k0 + kk0;
+      int n = (i0 < r && k < m.d) ? (int)imin64(8, m.d - k) : 0;
+      if (n > 0) load_group(m, a, update, (int64_t)i0 * m.ld_src + k, n, v);
+      else for (int q = 0; q < 8; ++q) v[q] = 0.f;
+    } else {
+      kk0 = gidx % C::TK;
+      i0 = 8 * (gidx / C::TK);
+      const int64_t k = k0 + kk0;
+      int n = (k < m.d && i0 < r) ? min(8, r - i0) : 0;
+      if (n > 0) load_group(m, a, update, k * m.ld_src + i0, n, v);
+      else for (int q = 0; q < 8; ++q) v[q] = 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const float x = v[q] * t;
+      const float ax = fabsf(v[q]);
+      if (!(ax <= FLT_MAX)) bad = 1;
+      else amax = fmaxf(amax, ax);
+      __nv_bfloat16 hi, lo;
+      split(x, hi, lo);
+      const int idx = (m.flags & kTall) ? (i0 + q) * C::TKP + kk0 : i0 * C::TKP + kk0 + q;
+      Xhi[idx] = hi;
+      if (need_lo) Xlo[idx] = lo;
+    }
+  }
+}
+
+__device__ __forceinline__ int find_matrix(const NsMat* table, int n, int64_t chunk) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (table[mid].chunk_begin <= chunk) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+struct WsView {
+  float* part;   // nchunk * R * R
+  float* stats;  // nchunk * 2
+  float* M;      // R * R
+  float* t;      // 1
+};
+template <int R>
+__device__ __forceinline__ WsView ws_view(const NsMat& m, float* ws) {
+  WsView v;
+  v.part = ws + m.ws;
+  v.stats = v.part + (int64_t)m.nchunk * R * R;
+  v.M = v.stats + 2 * (int64_t)m.nchunk;
+  v.t = v.M + R * R;
+  return v;
+}
+
+// ---- 1. Gram --------------------------------------------------------------------------------------
+template <int R>
+__global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
+#if __CUDA_ARCH__ >= 800
+  using C = Cfg<R>;
+  __shared__ __align__(128) __nv_bfloat16 Xhi[R * C::TKP];
+  __shared__ __align__(128) __nv_bfloat16 Xlo[R * C::TKP];
+  __shared__ __align__(128) float Red[C::KSPLIT * R * R];
+  __shared__ unsigned int s_amax;
+  __shared__ int s_bad;
+
+  const int mi = find_matrix(a.table, a.n_mats, blockIdx.x);
+  const NsMat m = a.table[mi];
+  const int64_t chunk = (int64_t)blockIdx.x - m.chunk_begin;
+  const int64_t kbeg = chunk * C::CH;
+  const int64_t kend = imin64(m.d, kbeg + C::CH);
+  const bool need_lo = a.muon || m.dtype != kBF16;
+  if (threadIdx.x == 0) {
+    s_amax = 0u;
+    s_bad = 0;
+  }
+  const int warp = threadIdx.x / 32;
+  const int fbase = (warp / C::KSPLIT) * C::FPW, kpart = warp % C::KSPLIT;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FPW];
+#pragma unroll
+  for (int q = 0; q < C::FPW; ++q) wmma::fill_fragment(acc[q], 0.f);
+  float amax = 0.f;
+  int bad = 0;
+  for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
+    load_tile<R>(m, a, a.muon != 0, k0, 1.f, need_lo, Xhi, Xlo, amax, bad);
+    __syncthreads();
+    for (int ks = kpart; ks < C::KSTEPS; ks += C::KSPLIT) {
+#pragma unroll
+      for (int q = 0; q < C::FPW; ++q) {
+        const int f = fbase + q, fi = f / (R / 16), fj = f % (R / 16);
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bh;
+        wmma::load_matrix_sync(ah, Xhi + fi * 16 * C::TKP + ks * 16, C::TKP);
+        wmma::load_matrix_sync(bh, Xhi + fj * 16 * C::TKP + ks * 16, C::TKP);
+        wmma::mma_sync(acc[q], ah, bh, acc[q]);
+        if (need_lo) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> al;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bl;
+          wmma::load_matrix_sync(al, Xlo + fi * 16 * C::TKP + ks * 16, C::TKP);
+          wmma::load_matrix_sync(bl, Xlo + fj * 16 * C::TKP + ks * 16, C::TKP);
+          wmma::mma_sync(acc[q], ah, bl, acc[q]);
+          wmma::mma_sync(acc[q], al, bh, acc[q]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int q = 0; q < C::FPW; ++q) {
+    const int f = fbase + q, fi = f / (R / 16), fj = f % (R / 16);
+    wmma::store_matrix_sync(Red + kpart * R * R + fi * 16 * R + fj * 16, acc[q], R, wmma::mem_row_major);
+  }
+  if (bad) atomicOr(&s_bad, 1);
+  atomicMax(&s_amax, __float_as_uint(amax));
+  __syncthreads();
+  const WsView w = ws_view<R>(m, a.ws);
+  float* part = w.part + chunk * R * R;
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    float s = 0.f;
+#pragma unroll
+    for (int kp = 0; kp < C::KSPLIT; ++kp) s += Red[kp * R * R + e];
+    part[e] = s;
+  }
+  if (threadIdx.x == 0) {
+    w.stats[2 * chunk] = __uint_as_float(s_amax);
+    w.stats[2 * chunk + 1] = s_bad ? 1.f : 0.f;
+  }
+#endif
+}
+
+// ---- 2. r x r phase -------------------------------------------------------------------------------
+// C = A B (or A Bᵀ) for R x R matrices in shared memory with row stride R + 1.
+template <int R>
+__device__ __forceinline__ void smem_mm(const float* A, const float* B, float* Cm, bool transB) {
+  constexpr int LD = R + 1;
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    const int i = e / R, j = e % R;
+    float s = 0.f;
+    if (transB) {
+#pragma unroll 8
+      for (int k = 0; k < R; ++k) s = fmaf(A[i * LD + k], B[j * LD + k], s);
+    } else {
+#pragma unroll 8
+      for (int k = 0; k < R; ++k) s = fmaf(A[i * LD + k], B[k * LD + j], s);
+    }
+    Cm[i * LD + j] = s;
+  }
+  __syncthreads();
+}
+
+template <int R>
+__global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
+  constexpr int LD = R + 1, SQ = R * LD;
+  extern __shared__ float sm[];
+  float *G = sm, *M = G + SQ, *T = M + SQ, *A = T + SQ, *A2 = A + SQ;
+  __shared__ double s_tr;
+  __shared__ float s_amax, s_t;
+  __shared__ int s_bad;
+
+  const NsMat m = a.table[blockIdx.x];
+  const WsView w = ws_view<R>(m, a.ws);
+  const int r = m.r;
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    float s = 0.f;
+    for (int c = 0; c < m.nchunk; ++c) s += w.part[(int64_t)c * R * R + e];
+    G[(e / R) * LD + e % R] = s;
+  }
+  if (threadIdx.x == 0) {
+    float amax = 0.f;
+    int bad = 0;
+    for (int c = 0; c < m.nchunk; ++c) {
+      amax = fmaxf(amax, w.stats[2 * c]);
+      bad |= w.stats[2 * c + 1] != 0.f;
+    }
+    s_amax = amax;
+    s_bad = bad;
+    s_t = 1.f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double tr = 0.0;
+    for (int i = 0; i < r; ++i) tr += G[i * LD + i];
+    s_tr = tr;
+  }
+  __syncthreads();
+  if (s_bad || s_amax == 0.f) {
+    // NaN/Inf input: NaN output (and status 1). Zero input: exact zeros.
+    const float fill = s_bad ? __int_as_float(0x7fc00000) : 0.f;
+    for (int e = threadIdx.x; e < R * R; e += kThreads) w.M[e] = fill;
+    if (threadIdx.x == 0) {
+      w.t[0] = 1.f;
+      if (a.status) a.status[m.index] = s_bad ? 1 : 0;
+    }
+    return;
+  }
+  if (!(s_tr >= 1e-30 && s_tr <= 1e30)) {
+    // fp32 squares over/underflowed: recompute G at scale t = 2^-e with t * max|x| in [0.5, 1)
+    if (threadIdx.x == 0) {
+      int ex = 0;
+      frexpf(s_amax, &ex);
+      s_t = ldexpf(1.f, -max(-125, min(125, ex)));  // t and t * max|x| stay normal floats
+    }
+    __syncthreads();
+    const float t = s_t;
+    for (int e = threadIdx.x; e < R * R; e += kThreads) {
+      const int i = e / R, j = e % R;
+      float s = 0.f;
+      if (i < r && j < r && i <= j)
+        for (int64_t k = 0; k < m.d; ++k) s = fmaf(t * x_at(m, a, i, k), t * x_at(m, a, j, k), s);
+      G[i * LD + j] = s;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < R * R; e += kThreads) {
+      const int i = e / R, j = e % R;
+      if (i > j) G[i * LD + j] = G[j * LD + i];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double tr = 0.0;
+      for (int i = 0; i < r; ++i) tr += G[i * LD + i];
+      s_tr = tr;
+    }
+    __syncthreads();
+  }
+  const double t = s_t;
+  const double norm = sqrt(s_tr) / t;
+  const double scale = 1.0 / (a.clamp_eps ? fmax(norm, (double)a.eps) : norm + (double)a.eps);
+  const float gfac = (float)((scale / t) * (scale / t));
+  for (int e = threadIdx.x; e < R * LD; e += kThreads) {
+    G[e] *= gfac;
+    M[e] = (e / LD == e % LD && e / LD < r) ? 1.f : 0.f;
+  }
+  __syncthreads();
+  for (int st = 0; st < a.steps; ++st) {
+    const float ca = a.coef[3 * st], cb = a.coef[3 * st + 1], cc = a.coef[3 * st + 2];
+    if (st == 0) {
+      for (int e = threadIdx.x; e < R * LD; e += kThreads) A[e] = G[e];
+      __syncthreads();
+    } else {
+      smem_mm<R>(M, G, T, false);  // T = M Ĝ
+      smem_mm<R>(T, M, A, true);   // A = M Ĝ Mᵀ
+    }
+    smem_mm<R>(A, A, A2, false);   // A²
+    for (int e = threadIdx.x; e < R * LD; e += kThreads) T[e] = cb * A[e] + cc * A2[e];
+    __syncthreads();
+    smem_mm<R>(T, M, A2, false);   // B M
+    for (int e = threadIdx.x; e < R * LD; e += kThreads) M[e] = ca * M[e] + A2[e];
+    __syncthreads();
+  }
+  const float mfac = (float)(scale / t);
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    const int i = e / R, j = e % R;
+    w.M[e] = (i < r && j < r) ? mfac * M[i * LD + j] : 0.f;
+  }
+  if (threadIdx.x == 0) {
+    w.t[0] = s_t;
+    if (a.status) a.status[m.index] = 0;
+  }
+}
+
+// ---- 3. apply: out = M'' (t X) ------------------------------------------------------------------
+template <int R>
+__global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
+#if __CUDA_ARCH__ >= 800
+  using C = Cfg<R>;
+  __shared__ __align__(128) __nv_bfloat16 Xhi[R * C::TKP];
+  __shared__ __align__(128) __nv_bfloat16 Xlo[R * C::TKP];
+  __shared__ __align__(128) __nv_bfloat16 Mhi[R * C::MLD];
+  __shared__ __align__(128) __nv_bfloat16 Mlo[R * C::MLD];
+  __shared__ __align__(128) float Os[R * C::OLD];
+
+  const int mi = find_matrix(a.table, a.n_mats, blockIdx.x);
+  const NsMat m = a.table[mi];
+  const int64_t chunk = (int64_t)blockIdx.x - m.chunk_begin;
+  const int64_t kbeg = chunk * C::CH;
+  const int64_t kend = imin64(m.d, kbeg + C::CH);
+  const WsView w = ws_view<R>(m, a.ws);
+  const float t = w.t[0];
+  const bool need_lo = a.muon || m.dtype != kBF16;
+  const bool tall = m.flags & kTall;
+  const float lr = a.lr * m.lr_ratio;
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    __nv_bfloat16 hi, lo;
+    split(w.M[e], hi, lo);
+    Mhi[(e / R) * C::MLD + e % R] = hi;
+    Mlo[(e / R) * C::MLD + e % R] = lo;
+  }
+  const int warp = threadIdx.x / 32;
+  float amax_unused = 0.f;
+  int bad_unused = 0;
+  for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
+    load_tile<R>(m, a, false, k0, t, need_lo, Xhi, Xlo, amax_unused, bad_unused);
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < C::FOPW; ++q) {
+      const int f = warp * C::FOPW + q, fi = f / (C::TK / 16), fk = f % (C::TK / 16);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int js = 0; js < R / 16; ++js) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> mh, ml;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xh;
+        wmma::load_matrix_sync(mh, Mhi + fi * 16 * C::MLD + js * 16, C::MLD);
+        wmma::load_matrix_sync(ml, Mlo + fi * 16 * C::MLD + js * 16, C::MLD);
+        wmma::load_matrix_sync(xh, Xhi + js * 16 * C::TKP + fk * 16, C::TKP);
+        wmma::mma_sync(acc, mh, xh, acc);
+        wmma::mma_sync(acc, ml, xh, acc);
+        if (need_lo) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xl;
+          wmma::load_matrix_sync(xl, Xlo + js * 16 * C::TKP + fk * 16, C::TKP);
+          wmma::mma_sync(acc, mh, xl, acc);
+        }
+      }
+      wmma::store_matrix_sync(Os + fi * 16 * C::OLD + fk * 16, acc, C::OLD, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // write the tile: groups of 8 along the destination's contiguous dimension
+    constexpr int groups = R * C::TK / 8;
+    for (int gidx = threadIdx.x; gidx < groups; gidx += kThreads) {
+      float v[8];
+      int64_t o;
+      int n;
+      if (!tall) {
+        const int i0 = gidx / (C::TK / 8), kk0 = 8 * (gidx % (C::TK / 8));
+        const int64_t k = k0 + kk0;
+        n = (i0 < m.r && k < m.d) ? (int)imin64(8, m.d - k) : 0;
+        o = (int64_t)i0 * m.ld_dst + k;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) v[q] = Os[i0 * C::OLD + kk0 + q];
+      } else {
+        const int kk0 = gidx % C::TK, i0 = 8 * (gidx / C::TK);
+        const int64_t k = k0 + kk0;
+        n = (k < m.d && i0 < m.r) ? min(8, m.r - i0) : 0;
+        o = k * m.ld_dst + i0;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) v[q] = Os[(i0 + q) * C::OLD + kk0];
+      }
+      if (n == 0) continue;
+      const bool vec = (m.flags & kVec) && n == 8;
+      if (a.muon) {
+        float p[8];
+        if (vec) {
+          ld8(m.dst, m.dtype, o, p);
+        } else {
+#pragma unroll
+          for (int q = 0; q < 8; ++q) p[q] = q < n ? ld1(m.dst, m.dtype, o + q) : 0.f;
+        }
+#pragma unroll
+        for (int q = 0; q < 8; ++q) v[q] = p[q] * a.decay - lr * v[q];
+      }
+      if (vec) {
+        st8(m.dst, m.dtype, o, v);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (q < n) st1(m.dst, m.dtype, o + q, v[q]);
+      }
+    }
+    __syncthreads();
+  }
+#endif
+}
+
+template <int R>
+cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
+  if (args.n_mats == 0) return cudaSuccess;
+  ns_gram_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const size_t small_smem = 5 * (size_t)R * (R + 1) * sizeof(float);
+  if (small_smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(ns_small_kernel<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)small_smem);
+    if (err != cudaSuccess) return err;
+  }
+  ns_small_kernel<R><<<(unsigned)args.n_mats, kThreads, small_smem, stream>>>(args);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  ns_apply_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t ns_launch(int R, const NsLaunch& args, cudaStream_t stream) {
+  switch (R) {
+    case 16: return launch_bucket<16>(args, stream);
+    case 32: return launch_bucket<32>(args, stream);
+    case 64: return launch_bucket<64>(args, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace ns_cuda
+}  // namespace evilbench
