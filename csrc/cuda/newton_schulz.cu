@@ -2,15 +2,17 @@
 //
 // Three launches per rank bucket R in {16, 32, 64}, whatever the number of matrices:
 //   1. ns_gram_kernel:  one block per column chunk of every matrix; tiles of X go to shared memory
-//      as bf16 hi + lo halves (x = hi + lo exactly enough for fp32: error ~2^-16 |x|), and tensor
-//      cores accumulate G = X Xᵀ in fp32 (hi·hiᵀ + hi·loᵀ + lo·hiᵀ; bf16 inputs need only hi·hiᵀ).
+//      as three bf16 parts x = hi + mid + lo (exact for fp32's 24-bit significand), and tensor
+//      cores accumulate G = X Xᵀ in fp32 from the six products of order >= 2^-16 (bf16 inputs
+//      are exact in hi: one product). Fewer parts are not enough: M = p(Ĝ) reaches ~a^k = 485 on
+//      small singular directions, which amplifies any 2^-17-level rounding of X, G or M to ~4e-3.
 //      Muon: the momentum update (+ Nesterov) happens here, once per element.
 //      Each block writes its partial Gram and (max |x|, NaN/Inf flag) to the workspace.
 //   2. ns_small_kernel: one block per matrix sums the partials, normalises (s = 1/(||X|| + eps)
 //      from tr G), runs the r x r iteration in fp32 shared memory and writes M'' = s M.
 //      Over/underflowing ||X||² (|x| > ~1e19 or < ~1e-19) is redone at a power-of-two scale.
-//   3. ns_apply_kernel: one block per chunk computes out = M'' X on tensor cores
-//      (M'' split hi + lo the same way) and writes the output (Muon: p = p*decay - lr*out).
+//   3. ns_apply_kernel: one block per chunk computes out = M'' X on tensor cores (M'' split in
+//      three parts the same way) and writes the output (Muon: p = p*decay - lr*out).
 // The work table lives on the device (NsMat, 64-bit offsets); blocks find their matrix by binary
 // search over chunk_begin. No host synchronisation anywhere: CUDA-graph capturable.
 #include "newton_schulz.cuh"
@@ -166,16 +168,19 @@ __device__ __forceinline__ float x_at(const NsMat& m, const NsLaunch& a, int i, 
   return muon_u(ld1(m.src, m.dtype, o), b, m.dtype, false, a);
 }
 
-__device__ __forceinline__ void split(float x, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+// x = hi + mid + lo, each bf16 (exact for normal fp32 x barring underflow of the parts)
+__device__ __forceinline__ void split3(float x, __nv_bfloat16& hi, __nv_bfloat16& mid, __nv_bfloat16& lo) {
   hi = __float2bfloat16_rn(x);
-  lo = __float2bfloat16_rn(x - __bfloat162float(hi));
+  const float r1 = x - __bfloat162float(hi);
+  mid = __float2bfloat16_rn(r1);
+  lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
 }
 
-// Loads X[:, k0 : k0 + TK] (times t) into Xhi/Xlo (R x TKP bf16, rows >= r and columns >= d zero).
-// Tracks max |x| and NaN/Inf for the Gram pass.
+// Loads X[:, k0 : k0 + TK] (times t) into X3 = [hi | mid | lo], each R x TKP bf16 (rows >= r and
+// columns >= d zero; mid/lo only when split). Tracks max |x| and NaN/Inf for the Gram pass.
 template <int R>
-__device__ void load_tile(const NsMat& m, const NsLaunch& a, bool update, int64_t k0, float t, bool need_lo,
-                          __nv_bfloat16* Xhi, __nv_bfloat16* Xlo, float& amax, int& bad) {
+__device__ void load_tile(const NsMat& m, const NsLaunch& a, bool update, int64_t k0, float t, bool split,
+                          __nv_bfloat16* X3, float& amax, int& bad) {
   using C = Cfg<R>;
   const int r = m.r;
   constexpr int groups = R * C::TK / 8;
@@ -203,11 +208,12 @@ __device__ void load_tile(const NsMat& m, const NsLaunch& a, bool update, int64_
       const float ax = fabsf(v[q]);
       if (!(ax <= FLT_MAX)) bad = 1;
       else amax = fmaxf(amax, ax);
-      __nv_bfloat16 hi, lo;
-      split(x, hi, lo);
       const int idx = (m.flags & kTall) ? (i0 + q) * C::TKP + kk0 : i0 * C::TKP + kk0 + q;
-      Xhi[idx] = hi;
-      if (need_lo) Xlo[idx] = lo;
+      if (split) {
+        split3(x, X3[idx], X3[R * C::TKP + idx], X3[2 * R * C::TKP + idx]);
+      } else {
+        X3[idx] = __float2bfloat16_rn(x);  // exact: bf16 input times a power of two
+      }
     }
   }
 }
@@ -243,8 +249,8 @@ template <int R>
 __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
-  __shared__ __align__(128) __nv_bfloat16 Xhi[R * C::TKP];
-  __shared__ __align__(128) __nv_bfloat16 Xlo[R * C::TKP];
+  constexpr int P = R * C::TKP;  // one part of the tile
+  __shared__ __align__(128) __nv_bfloat16 X3[3 * P];
   __shared__ __align__(128) float Red[C::KSPLIT * R * R];
   __shared__ unsigned int s_amax;
   __shared__ int s_bad;
@@ -254,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
   const int64_t chunk = (int64_t)blockIdx.x - m.chunk_begin;
   const int64_t kbeg = chunk * C::CH;
   const int64_t kend = imin64(m.d, kbeg + C::CH);
-  const bool need_lo = a.muon || m.dtype != kBF16;
+  const bool split = a.muon || m.dtype != kBF16;
   if (threadIdx.x == 0) {
     s_amax = 0u;
     s_bad = 0;
@@ -266,25 +272,25 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
   for (int q = 0; q < C::FPW; ++q) wmma::fill_fragment(acc[q], 0.f);
   float amax = 0.f;
   int bad = 0;
+  // products of parts (u, v) with order 2^-8(u+v) >= 2^-16: hh, hm, mh, hl, lh, mm
+  constexpr int kPairs = 6;
+  const int pu[kPairs] = {0, 0, 1, 0, 2, 1}, pv[kPairs] = {0, 1, 0, 2, 0, 1};
+  const int npairs = split ? kPairs : 1;
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    load_tile<R>(m, a, a.muon != 0, k0, 1.f, need_lo, Xhi, Xlo, amax, bad);
+    load_tile<R>(m, a, a.muon != 0, k0, 1.f, split, X3, amax, bad);
     __syncthreads();
     for (int ks = kpart; ks < C::KSTEPS; ks += C::KSPLIT) {
 #pragma unroll
       for (int q = 0; q < C::FPW; ++q) {
         const int f = fbase + q, fi = f / (R / 16), fj = f % (R / 16);
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bh;
-        wmma::load_matrix_sync(ah, Xhi + fi * 16 * C::TKP + ks * 16, C::TKP);
-        wmma::load_matrix_sync(bh, Xhi + fj * 16 * C::TKP + ks * 16, C::TKP);
-        wmma::mma_sync(acc[q], ah, bh, acc[q]);
-        if (need_lo) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> al;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bl;
-          wmma::load_matrix_sync(al, Xlo + fi * 16 * C::TKP + ks * 16, C::TKP);
-          wmma::load_matrix_sync(bl, Xlo + fj * 16 * C::TKP + ks * 16, C::TKP);
-          wmma::mma_sync(acc[q], ah, bl, acc[q]);
-          wmma::mma_sync(acc[q], al, bh, acc[q]);
+#pragma unroll
+        for (int pp = 0; pp < kPairs; ++pp) {
+          if (pp >= npairs) break;
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> xa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> xb;
+          wmma::load_matrix_sync(xa, X3 + pu[pp] * P + fi * 16 * C::TKP + ks * 16, C::TKP);
+          wmma::load_matrix_sync(xb, X3 + pv[pp] * P + fj * 16 * C::TKP + ks * 16, C::TKP);
+          wmma::mma_sync(acc[q], xa, xb, acc[q]);
         }
       }
     }
@@ -448,11 +454,11 @@ template <int R>
 __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
-  __shared__ __align__(128) __nv_bfloat16 Xhi[R * C::TKP];
-  __shared__ __align__(128) __nv_bfloat16 Xlo[R * C::TKP];
-  __shared__ __align__(128) __nv_bfloat16 Mhi[R * C::MLD];
-  __shared__ __align__(128) __nv_bfloat16 Mlo[R * C::MLD];
-  __shared__ __align__(128) float Os[R * C::OLD];
+  constexpr int P = R * C::TKP, PM = R * C::MLD;
+  static_assert(R * C::OLD * sizeof(float) <= 3 * P * sizeof(__nv_bfloat16), "output tile must fit the X tile");
+  __shared__ __align__(128) __nv_bfloat16 X3[3 * P];  // reused as the fp32 output tile Os
+  __shared__ __align__(128) __nv_bfloat16 M3[3 * PM];
+  float* Os = reinterpret_cast<float*>(X3);
 
   const int mi = find_matrix(a.table, a.n_mats, blockIdx.x);
   const NsMat m = a.table[mi];
@@ -461,42 +467,46 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
   const int64_t kend = imin64(m.d, kbeg + C::CH);
   const WsView w = ws_view<R>(m, a.ws);
   const float t = w.t[0];
-  const bool need_lo = a.muon || m.dtype != kBF16;
+  const bool split = a.muon || m.dtype != kBF16;
   const bool tall = m.flags & kTall;
   const float lr = a.lr * m.lr_ratio;
   for (int e = threadIdx.x; e < R * R; e += kThreads) {
-    __nv_bfloat16 hi, lo;
-    split(w.M[e], hi, lo);
-    Mhi[(e / R) * C::MLD + e % R] = hi;
-    Mlo[(e / R) * C::MLD + e % R] = lo;
+    const int o = (e / R) * C::MLD + e % R;
+    split3(w.M[e], M3[o], M3[PM + o], M3[2 * PM + o]);
   }
   const int warp = threadIdx.x / 32;
   float amax_unused = 0.f;
   int bad_unused = 0;
+  // (M part, X part) products of order >= 2^-16; X exact in one part (bf16 input): the first 3
+  constexpr int kPairs = 6;
+  const int pm[kPairs] = {0, 1, 2, 0, 1, 0}, px[kPairs] = {0, 0, 0, 1, 1, 2};
+  const int npairs = split ? kPairs : 3;
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    load_tile<R>(m, a, false, k0, t, need_lo, Xhi, Xlo, amax_unused, bad_unused);
+    load_tile<R>(m, a, false, k0, t, split, X3, amax_unused, bad_unused);
     __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FOPW];
 #pragma unroll
     for (int q = 0; q < C::FOPW; ++q) {
       const int f = warp * C::FOPW + q, fi = f / (C::TK / 16), fk = f % (C::TK / 16);
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+      wmma::fill_fragment(acc[q], 0.f);
 #pragma unroll
       for (int js = 0; js < R / 16; ++js) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> mh, ml;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xh;
-        wmma::load_matrix_sync(mh, Mhi + fi * 16 * C::MLD + js * 16, C::MLD);
-        wmma::load_matrix_sync(ml, Mlo + fi * 16 * C::MLD + js * 16, C::MLD);
-        wmma::load_matrix_sync(xh, Xhi + js * 16 * C::TKP + fk * 16, C::TKP);
-        wmma::mma_sync(acc, mh, xh, acc);
-        wmma::mma_sync(acc, ml, xh, acc);
-        if (need_lo) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xl;
-          wmma::load_matrix_sync(xl, Xlo + js * 16 * C::TKP + fk * 16, C::TKP);
-          wmma::mma_sync(acc, mh, xl, acc);
+#pragma unroll
+        for (int pp = 0; pp < kPairs; ++pp) {
+          if (pp >= npairs) break;
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ma;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xb;
+          wmma::load_matrix_sync(ma, M3 + pm[pp] * PM + fi * 16 * C::MLD + js * 16, C::MLD);
+          wmma::load_matrix_sync(xb, X3 + px[pp] * P + js * 16 * C::TKP + fk * 16, C::TKP);
+          wmma::mma_sync(acc[q], ma, xb, acc[q]);
         }
       }
-      wmma::store_matrix_sync(Os + fi * 16 * C::OLD + fk * 16, acc, C::OLD, wmma::mem_row_major);
+    }
+    __syncthreads();  // every warp is done reading X3 before Os overwrites it
+#pragma unroll
+    for (int q = 0; q < C::FOPW; ++q) {
+      const int f = warp * C::FOPW + q, fi = f / (C::TK / 16), fk = f % (C::TK / 16);
+      wmma::store_matrix_sync(Os + fi * 16 * C::OLD + fk * 16, acc[q], C::OLD, wmma::mem_row_major);
     }
     __syncthreads();
     // write the tile: groups of 8 along the destination's contiguous dimension

@@ -354,7 +354,7 @@ void muon_update_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
       bb.lerp_(g, 1.0 - momentum);
       at::Tensor u = nesterov ? g.lerp(bb, momentum) : bb;
       auto res = slow_path(tall ? u.t() : u, r, coefficients, eps, true);
-      pp.mul_(decay).add_((tall ? res.first.t() : res.first).to(pp.scalar_type()), -lr_i);
+      pp.mul_(decay).add_((tall ? res.first.t() : res.first).to(at::kFloat), -lr_i);  // one rounding, as on the CPU
       continue;
     }
     NsMat e{};

@@ -191,13 +191,19 @@ def newton_schulz(
     (check_finite=False skips the check, which costs one device sync on CUDA, and leaves NaN
     outputs instead). Not differentiable: inputs are detached.
     """
-    mats = _check_mats(mats)
+    if isinstance(mats, torch.Tensor):
+        raise TypeError("newton_schulz takes a list of 2-D tensors; wrap a single matrix as [m]")
+    mats = list(mats)
+    for i, m in enumerate(mats):  # shape, dtype and device are checked by the op (ValueError naming i)
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"mats[{i}] is a {type(m).__name__}, expected a torch.Tensor")
     triples = normalize_coefficients(steps, coefficients)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     if not mats:
         return []
-    outs, status = ops().newton_schulz([m.detach() for m in mats], flat_coefficients(triples), float(eps), False)
+    with torch.no_grad():
+        outs, status = ops().newton_schulz(mats, flat_coefficients(triples), float(eps), False)
     if check_finite:
         raise_on_status(status, mats)
     return list(outs)

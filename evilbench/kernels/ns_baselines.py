@@ -66,7 +66,7 @@ def gram_batched(mats, steps=5, coefficients=KJ_COEFFICIENTS, eps=1e-7):
         g = x @ x.transpose(1, 2)
         s = 1.0 / (g.diagonal(dim1=1, dim2=2).sum(-1).sqrt() + eps)
         g = g * (s * s)[:, None, None]
-        mm = torch.eye(g.shape[-1]).expand_as(g)
+        mm = torch.eye(g.shape[-1], device=g.device).expand_as(g)
         for step, (a, b, c) in enumerate(triples):
             t = g if step == 0 else mm @ g @ mm.transpose(1, 2)
             mm = torch.baddbmm(mm, torch.baddbmm(t, t, t, beta=b, alpha=c), mm, beta=a)

@@ -190,7 +190,8 @@ def test_cuda_matches_reference(dtype):
     mats = [torch.randn(s).to(dtype).cuda() for s in shapes]
     outs = newton_schulz(mats)
     assert all(o.is_cuda for o in outs)
-    check([m.cpu() for m in mats], [o.cpu() for o in outs])
+    # tensor cores on 3-part bf16 splits: a few ulp of fp32 above the CPU's fp32 FMAs
+    check([m.cpu() for m in mats], [o.cpu() for o in outs], tol=5e-4 if dtype == torch.float32 else None)
 
 
 @requires_cuda

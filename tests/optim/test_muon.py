@@ -171,6 +171,7 @@ def test_cuda_step_matches_cpu(dtype):
     grads = [[torch.randn(s).to(dtype) for s in SHAPES] for _ in range(3)]
     cpu, _ = run(Muon, init, grads, lr=0.02)
     gpu, _ = run(Muon, init, grads, device="cuda", lr=0.02)
-    ulp = 0.0 if dtype == torch.float32 else 2.0**-7 * max(p.abs().max().item() for p in cpu)
+    # bf16: a rounding per step may land on either side in each implementation
+    ulp = 0.0 if dtype == torch.float32 else 4 * 2.0**-7 * max(p.abs().max().item() for p in cpu)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-4 + ulp)

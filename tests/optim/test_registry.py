@@ -23,6 +23,8 @@ def test_registry_lists_the_six_optimisers_with_documented_defaults():
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lion", "muon", "muon-torch"])
 def test_build_and_step_reduces_a_lora_loss(name):
+    if name == "lion":
+        pytest.importorskip("lion_pytorch")  # a declared dependency; absent on some GPU images
     torch.manual_seed(0)
     target = torch.randn(48, 32)
     params = lora_params()
@@ -35,7 +37,7 @@ def test_build_and_step_reduces_a_lora_loss(name):
     if name in expected:
         assert type(opt) is expected[name]
     else:
-        from lion_pytorch import Lion
+        Lion = pytest.importorskip("lion_pytorch").Lion
 
         assert isinstance(opt, Lion)
     for key, value in optim.OPTIMIZERS[name].defaults.items():
