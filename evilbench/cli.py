@@ -8,6 +8,7 @@ import sys
 
 # subcommand -> module providing register(subparsers). Order is the order shown in --help.
 COMMANDS = {
+    "kernels": "evilbench.kernels.cli",
 }
 
 

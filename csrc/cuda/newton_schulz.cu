@@ -23,6 +23,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstdlib>
 
 namespace evilbench {
 namespace ns_cuda {
@@ -176,44 +177,92 @@ __device__ __forceinline__ void split3(float x, __nv_bfloat16& hi, __nv_bfloat16
   lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
 }
 
-// Loads X[:, k0 : k0 + TK] (times t) into X3 = [hi | mid | lo], each R x TKP bf16 (rows >= r and
-// columns >= d zero; mid/lo only when split). Tracks max |x| and NaN/Inf for the Gram pass.
+// A thread's share of one tile, fetched into registers ahead of use (the next tile's loads are in
+// flight while the tensor cores work on the current one).
 template <int R>
-__device__ void load_tile(const NsMat& m, const NsLaunch& a, bool update, int64_t k0, float t, bool split,
-                          __nv_bfloat16* X3, float& amax, int& bad) {
+struct TileRegs {
+  static constexpr int G = R * Cfg<R>::TK / 8 / kThreads;  // groups of 8 values per thread
+  static_assert(G >= 1 && R * Cfg<R>::TK / 8 == G * kThreads, "tile groups must split over the block");
+  float v[G][8];
+};
+
+// Group g of a tile covers (i0, kk0 .. kk0+7) when wide, (i0 .. i0+7, kk0) when tall.
+template <int R>
+__device__ __forceinline__ void group_pos(bool tall, int gidx, int& i0, int& kk0) {
   using C = Cfg<R>;
-  const int r = m.r;
-  constexpr int groups = R * C::TK / 8;
-  for (int gidx = threadIdx.x; gidx < groups; gidx += kThreads) {
-    float v[8];
-    int i0, kk0;  // the group covers (i0, kk0 .. kk0+7) when wide, (i0 .. i0+7, kk0) when tall
-    if (!(m.flags & kTall)) {
-      i0 = gidx / (C::TK / 8);
-      kk0 = 8 * (gidx % (C::TK / 8));
-      const int64_t k = k0 + kk0;
-      int n = (i0 < r && k < m.d) ? (int)imin64(8, m.d - k) : 0;
-      if (n > 0) load_group(m, a, update, (int64_t)i0 * m.ld_src + k, n, v);
-      else for (int q = 0; q < 8; ++q) v[q] = 0.f;
+  if (!tall) {
+    i0 = gidx / (C::TK / 8);
+    kk0 = 8 * (gidx % (C::TK / 8));
+  } else {
+    kk0 = gidx % C::TK;
+    i0 = 8 * (gidx / C::TK);
+  }
+}
+
+// Fetch X[:, k0 : k0 + TK] into registers (zeros outside r x d). Muon pass 1 updates the buffer.
+template <int R>
+__device__ __forceinline__ void fetch_tile(const NsMat& m, const NsLaunch& a, bool update, int64_t k0, TileRegs<R>& tr) {
+  const bool tall = m.flags & kTall;
+#pragma unroll
+  for (int g = 0; g < TileRegs<R>::G; ++g) {
+    int i0, kk0;
+    group_pos<R>(tall, threadIdx.x + g * kThreads, i0, kk0);
+    const int64_t k = k0 + kk0;
+    int n;
+    int64_t o;
+    if (!tall) {
+      n = (i0 < m.r && k < m.d) ? (int)imin64(8, m.d - k) : 0;
+      o = (int64_t)i0 * m.ld_src + k;
     } else {
-      kk0 = gidx % C::TK;
-      i0 = 8 * (gidx / C::TK);
-      const int64_t k = k0 + kk0;
-      int n = (k < m.d && i0 < r) ? min(8, r - i0) : 0;
-      if (n > 0) load_group(m, a, update, k * m.ld_src + i0, n, v);
-      else for (int q = 0; q < 8; ++q) v[q] = 0.f;
+      n = (k < m.d && i0 < m.r) ? min(8, m.r - i0) : 0;
+      o = k * m.ld_src + i0;
     }
+    if (n > 0) {
+      load_group(m, a, update, o, n, tr.v[g]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) tr.v[g][q] = 0.f;
+    }
+  }
+}
+
+__device__ __forceinline__ uint4 pack8(const __nv_bfloat16 h[8]) {
+  unsigned int w[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    w[q] = (unsigned int)__bfloat16_as_ushort(h[2 * q]) | ((unsigned int)__bfloat16_as_ushort(h[2 * q + 1]) << 16);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Registers (times t) -> X3 = [hi | mid | lo], each R x TKP bf16 (mid/lo only when split).
+// Tracks max |x| and NaN/Inf for the Gram pass.
+template <int R>
+__device__ __forceinline__ void commit_tile(const TileRegs<R>& tr, bool tall, float t, bool split,
+                                            __nv_bfloat16* X3, float& amax, int& bad) {
+  using C = Cfg<R>;
+  constexpr int P = R * C::TKP;
+#pragma unroll
+  for (int g = 0; g < TileRegs<R>::G; ++g) {
+    int i0, kk0;
+    group_pos<R>(tall, threadIdx.x + g * kThreads, i0, kk0);
+    __nv_bfloat16 h[3][8];
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      const float x = v[q] * t;
-      const float ax = fabsf(v[q]);
+      const float v = tr.v[g][q];
+      const float ax = fabsf(v);
       if (!(ax <= FLT_MAX)) bad = 1;
       else amax = fmaxf(amax, ax);
-      const int idx = (m.flags & kTall) ? (i0 + q) * C::TKP + kk0 : i0 * C::TKP + kk0 + q;
-      if (split) {
-        split3(x, X3[idx], X3[R * C::TKP + idx], X3[2 * R * C::TKP + idx]);
-      } else {
-        X3[idx] = __float2bfloat16_rn(x);  // exact: bf16 input times a power of two
-      }
+      if (split) split3(v * t, h[0][q], h[1][q], h[2][q]);
+      else h[0][q] = __float2bfloat16_rn(v * t);  // exact: bf16 input times a power of two
+    }
+    const int parts = split ? 3 : 1;
+    if (!tall) {  // 8 consecutive columns of one row: one 16-byte store per part
+      for (int pt = 0; pt < parts; ++pt)
+        *reinterpret_cast<uint4*>(X3 + pt * P + i0 * C::TKP + kk0) = pack8(h[pt]);
+    } else {
+      for (int pt = 0; pt < parts; ++pt)
+#pragma unroll
+        for (int q = 0; q < 8; ++q) X3[pt * P + (i0 + q) * C::TKP + kk0] = h[pt][q];
     }
   }
 }
@@ -245,7 +294,7 @@ __device__ __forceinline__ WsView ws_view(const NsMat& m, float* ws) {
 }
 
 // ---- 1. Gram --------------------------------------------------------------------------------------
-template <int R>
+template <int R, bool PF>
 __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -276,13 +325,22 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
   constexpr int kPairs = 6;
   const int pu[kPairs] = {0, 0, 1, 0, 2, 1}, pv[kPairs] = {0, 1, 0, 2, 0, 1};
   const int npairs = split ? kPairs : 1;
+  const bool tall = m.flags & kTall;
+  TileRegs<R> regs;
+  if (PF) fetch_tile<R>(m, a, a.muon != 0, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    load_tile<R>(m, a, a.muon != 0, k0, 1.f, split, X3, amax, bad);
+    if (!PF) fetch_tile<R>(m, a, a.muon != 0, k0, regs);
+    commit_tile<R>(regs, tall, 1.f, split, X3, amax, bad);
     __syncthreads();
+    // PF: the next tile's loads are in flight while the tensor cores work on this one
+    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, a.muon != 0, k0 + C::TK, regs);
     for (int ks = kpart; ks < C::KSTEPS; ks += C::KSPLIT) {
 #pragma unroll
       for (int q = 0; q < C::FPW; ++q) {
         const int f = fbase + q, fi = f / (R / 16), fj = f % (R / 16);
+        // a fresh accumulator per k-step, added in IEEE fp32: short tensor-core accumulation chains
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> part;
+        wmma::fill_fragment(part, 0.f);
 #pragma unroll
         for (int pp = 0; pp < kPairs; ++pp) {
           if (pp >= npairs) break;
@@ -290,8 +348,10 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
           wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> xb;
           wmma::load_matrix_sync(xa, X3 + pu[pp] * P + fi * 16 * C::TKP + ks * 16, C::TKP);
           wmma::load_matrix_sync(xb, X3 + pv[pp] * P + fj * 16 * C::TKP + ks * 16, C::TKP);
-          wmma::mma_sync(acc[q], xa, xb, acc[q]);
+          wmma::mma_sync(part, xa, xb, part);
         }
+#pragma unroll
+        for (int e = 0; e < part.num_elements; ++e) acc[q].x[e] += part.x[e];
       }
     }
     __syncthreads();
@@ -450,7 +510,7 @@ __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
 }
 
 // ---- 3. apply: out = M'' (t X) ------------------------------------------------------------------
-template <int R>
+template <int R, bool PF>
 __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -481,9 +541,13 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
   constexpr int kPairs = 6;
   const int pm[kPairs] = {0, 1, 2, 0, 1, 0}, px[kPairs] = {0, 0, 0, 1, 1, 2};
   const int npairs = split ? kPairs : 3;
+  TileRegs<R> regs;
+  if (PF) fetch_tile<R>(m, a, false, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    load_tile<R>(m, a, false, k0, t, split, X3, amax_unused, bad_unused);
+    if (!PF) fetch_tile<R>(m, a, false, k0, regs);
+    commit_tile<R>(regs, tall, t, split, X3, amax_unused, bad_unused);
     __syncthreads();
+    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, false, k0 + C::TK, regs);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FOPW];
 #pragma unroll
     for (int q = 0; q < C::FOPW; ++q) {
@@ -491,6 +555,8 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
       wmma::fill_fragment(acc[q], 0.f);
 #pragma unroll
       for (int js = 0; js < R / 16; ++js) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> part;
+        wmma::fill_fragment(part, 0.f);
 #pragma unroll
         for (int pp = 0; pp < kPairs; ++pp) {
           if (pp >= npairs) break;
@@ -498,8 +564,10 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
           wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> xb;
           wmma::load_matrix_sync(ma, M3 + pm[pp] * PM + fi * 16 * C::MLD + js * 16, C::MLD);
           wmma::load_matrix_sync(xb, X3 + px[pp] * P + js * 16 * C::TKP + fk * 16, C::TKP);
-          wmma::mma_sync(acc[q], ma, xb, acc[q]);
+          wmma::mma_sync(part, ma, xb, part);
         }
+#pragma unroll
+        for (int e = 0; e < part.num_elements; ++e) acc[q].x[e] += part.x[e];
       }
     }
     __syncthreads();  // every warp is done reading X3 before Os overwrites it
@@ -520,8 +588,9 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
         const int64_t k = k0 + kk0;
         n = (i0 < m.r && k < m.d) ? (int)imin64(8, m.d - k) : 0;
         o = (int64_t)i0 * m.ld_dst + k;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) v[q] = Os[i0 * C::OLD + kk0 + q];
+        const float4* src4 = reinterpret_cast<const float4*>(Os + i0 * C::OLD + kk0);
+        const float4 lo4 = src4[0], hi4 = src4[1];
+        v[0] = lo4.x; v[1] = lo4.y; v[2] = lo4.z; v[3] = lo4.w; v[4] = hi4.x; v[5] = hi4.y; v[6] = hi4.z; v[7] = hi4.w;
       } else {
         const int kk0 = gidx % C::TK, i0 = 8 * (gidx / C::TK);
         const int64_t k = k0 + kk0;
@@ -556,10 +625,10 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #endif
 }
 
-template <int R>
+template <int R, bool PF>
 cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   if (args.n_mats == 0) return cudaSuccess;
-  ns_gram_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_gram_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const size_t small_smem = 5 * (size_t)R * (R + 1) * sizeof(float);
@@ -570,17 +639,23 @@ cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   ns_small_kernel<R><<<(unsigned)args.n_mats, kThreads, small_smem, stream>>>(args);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  ns_apply_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_apply_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 }  // namespace
 
+// EVILBENCH_NS_PREFETCH=1|0 picks the register-prefetching tile loop (more registers, loads
+// overlapped with tensor-core work) or the plain one; read per call so benchmarks can compare.
+constexpr bool kDefaultPrefetch = true;
+
 cudaError_t ns_launch(int R, const NsLaunch& args, cudaStream_t stream) {
+  const char* env = std::getenv("EVILBENCH_NS_PREFETCH");
+  const bool pf = env && env[0] ? env[0] == '1' : kDefaultPrefetch;
   switch (R) {
-    case 16: return launch_bucket<16>(args, stream);
-    case 32: return launch_bucket<32>(args, stream);
-    case 64: return launch_bucket<64>(args, stream);
+    case 16: return pf ? launch_bucket<16, true>(args, stream) : launch_bucket<16, false>(args, stream);
+    case 32: return pf ? launch_bucket<32, true>(args, stream) : launch_bucket<32, false>(args, stream);
+    case 64: return pf ? launch_bucket<64, true>(args, stream) : launch_bucket<64, false>(args, stream);
     default: return cudaErrorInvalidValue;
   }
 }

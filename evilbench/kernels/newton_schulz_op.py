@@ -191,12 +191,7 @@ def newton_schulz(
     (check_finite=False skips the check, which costs one device sync on CUDA, and leaves NaN
     outputs instead). Not differentiable: inputs are detached.
     """
-    if isinstance(mats, torch.Tensor):
-        raise TypeError("newton_schulz takes a list of 2-D tensors; wrap a single matrix as [m]")
-    mats = list(mats)
-    for i, m in enumerate(mats):  # shape, dtype and device are checked by the op (ValueError naming i)
-        if not isinstance(m, torch.Tensor):
-            raise TypeError(f"mats[{i}] is a {type(m).__name__}, expected a torch.Tensor")
+    mats = _check_mats(mats)  # the op checks again; errors must not depend on reaching C++
     triples = normalize_coefficients(steps, coefficients)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
