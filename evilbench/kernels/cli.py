@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     demo.add_argument("--rounds", type=int, default=5, help="timed rounds of ours (baselines: 1)")
+    demo.add_argument("--layers", type=int, default=None, help="only the first N layers (quick look)")
     demo.set_defaults(func=run_demo)
 
 
@@ -47,6 +48,12 @@ def run_demo(args) -> int:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, _DTYPES[args.dtype])
     mats = lora_matrices(args.model, args.rank, dtype, device=device)
+    layers = MODELS[args.model][0]
+    if args.layers is not None:
+        if not 1 <= args.layers <= layers:
+            raise SystemExit(f"--layers must be between 1 and {layers} for {args.model}")
+        mats = mats[: len(mats) * args.layers // layers]
+        layers = args.layers
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     where = f"{device}" + (f", {args.threads} threads" if device == "cpu" else f" ({torch.cuda.get_device_name()})")
     print(f"Newton-Schulz (5 quintic steps) over {len(mats)} rank-{args.rank} LoRA factors of {args.model}, "
@@ -56,10 +63,9 @@ def run_demo(args) -> int:
     rows = [("ours (evilbench fused op)", ours, "")]
     # torch.optim.Muon's bf16 NS is slow on CPUs without bf16 matrix units: time it on a few
     # layers and scale by the matrix count (labelled as such).
-    layers = MODELS[args.model][0]
     for name, fn in tqdm(BASELINES.items(), desc="baselines", leave=False):
         subset, note = mats, ""
-        if device == "cpu" and name in ("torch-muon", "eager-fp32", "gram-torch-loop"):
+        if device == "cpu" and layers > 4 and name in ("torch-muon", "eager-fp32", "gram-torch-loop"):
             per_layer = len(mats) // layers
             subset = mats[: 4 * per_layer]
             note = f"timed on 4 of {layers} layers, scaled x{len(mats) / len(subset):.0f}"
