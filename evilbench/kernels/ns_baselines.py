@@ -85,10 +85,14 @@ def gram_loop(mats, steps=5, coefficients=KJ_COEFFICIENTS, eps=1e-7):
 
 
 def torch_muon_ns(mats, steps=5, coefficients=KJ_COEFFICIENTS, eps=1e-7):
-    """torch.optim.Muon's own NS (bf16), once per matrix."""
+    """torch.optim.Muon's own NS (bf16), once per matrix. It normalises bf16 inputs in place
+    (grad.bfloat16() is the input itself), so bf16 matrices are cloned first."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    return [_zeropower_via_newtonschulz(m, tuple(coefficients), steps, eps) for m in mats]
+    return [
+        _zeropower_via_newtonschulz(m.clone() if m.dtype == torch.bfloat16 else m, tuple(coefficients), steps, eps)
+        for m in mats
+    ]
 
 
 BASELINES = {
