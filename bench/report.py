@@ -127,11 +127,16 @@ def main(argv=None) -> int:
     ap.add_argument("--machine", help="results file name (default: derived from the device)")
     ap.add_argument("--markdown", type=Path, help="also write the tables to this markdown file")
     ap.add_argument("--no-merge", action="store_true", help="print only; do not touch bench/results/")
+    ap.add_argument("--label", help="stored with every merged entry (e.g. the commit the kernels came from)")
     args = ap.parse_args(argv)
     out = []
     for path in args.runs:
         run = json.loads(path.read_text())
         groups = collect(run)
+        if args.label:
+            for impls in groups.values():
+                for entry in impls.values():
+                    entry["label"] = args.label
         if not groups:
             print(f"{path}: no benchmarks", file=sys.stderr)
             continue
