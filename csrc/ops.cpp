@@ -9,6 +9,15 @@ TORCH_LIBRARY(evilbench, m) {
   // ---- Newton–Schulz / Muon (issue: core) --------------------------------------------------
 
   // ---- spectral penalty (issue: spectral core) ----------------------------------------------
+  // Pairs A_i (r_i × d_in), B_i (d_out × r_i); any mix of float32/bfloat16/float16/float64, contiguous.
+  // Packed layouts (float64): per pair r_i² entries of P then of Q (grams), FB then FA (factors).
+  m.def("spectral_grams(Tensor[] A, Tensor[] B) -> Tensor");
+  // values: float64 (n,), NaN for pairs with non-finite input; factors: float64 (Σ 2 r_i²) or (0,)
+  m.def("spectral_forward(Tensor[] A, Tensor[] B, str kind, bool need_factors) -> (Tensor, Tensor)");
+  // gA_i = grad_values[i] · FA_i A_i, gB_i = grad_values[i] · B_i FB_i, in the dtypes of A_i, B_i
+  m.def("spectral_backward(Tensor[] A, Tensor[] B, Tensor factors, Tensor grad_values) -> (Tensor[], Tensor[])");
+  // the r_i singular values of each B_i A_i, descending, float32 (Σ r_i,)
+  m.def("spectral_singular_values(Tensor[] A, Tensor[] B) -> Tensor");
 
 }
 

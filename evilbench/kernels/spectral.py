@@ -42,6 +42,7 @@ SIGMA_TOL = 1e-6  # σᵢ ≤ SIGMA_TOL·σ₁ counts as a zero singular value
 TIE_TOL = 1e-5  # stable_rank: σᵢ ≥ (1 − TIE_TOL)·σ₁ ties with σ₁
 CHOL_TOL = 1e-10  # Cholesky pivot² below CHOL_TOL·max diag(P): use the eigen route instead
 EIG_TOL = 1e-12  # eigen route: eigenvalues of P below EIG_TOL·λ_max are treated as zero
+ZERO_PRODUCT = 1e-10  # σ₁ ≤ ZERO_PRODUCT·‖A‖_F‖B‖_F: B A is numerically zero, the pair contributes 0
 
 _OPS = ("spectral_forward", "spectral_backward", "spectral_singular_values")
 
@@ -190,7 +191,11 @@ def _rxr_phase(P: torch.Tensor, Q: torch.Tensor, kind: str | None, need_factors:
         lam, V = lam.flip(-1), V.flip(-1)
         sigma = lam.clamp_min(0).sqrt()
         if kind is not None:
+            # B A numerically zero although A and B are not: treat like a zero pair
+            zero = zero | (~bad & ~(sigma[:, 0] ** 2 > ZERO_PRODUCT**2 * trP * trQ))
+            skip = (bad | zero)[:, None, None]
             s = torch.where(sigma > SIGMA_TOL * sigma[:, :1], sigma, torch.zeros_like(sigma))
+            s = torch.where(skip[:, :, 0], torch.ones_like(s), s)
             values, gos = _kind_value_and_gos(s, kind, r)
             if need_factors:
                 N = T @ (V * gos[:, None, :]) @ V.mT @ R.mT
@@ -472,6 +477,8 @@ def reference_penalty(A: torch.Tensor, B: torch.Tensor, kind: str) -> torch.Tens
         return (A.sum() + B.sum()).double() * 0.0
     W = B.double() @ A.double()
     s_all = torch.linalg.svdvals(W)
+    if float(s_all[0].detach()) <= ZERO_PRODUCT * float(A.detach().double().norm() * B.detach().double().norm()):
+        return (A.sum() + B.sum()).double() * 0.0
     if s_all.numel() < r:
         s_all = torch.cat([s_all, s_all.new_zeros(r - s_all.numel())])
     s = s_all[:r]
