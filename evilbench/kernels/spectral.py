@@ -44,7 +44,7 @@ CHOL_TOL = 1e-10  # Cholesky pivot² below CHOL_TOL·max diag(P): use the eigen 
 EIG_TOL = 1e-12  # eigen route: eigenvalues of P below EIG_TOL·λ_max are treated as zero
 ZERO_PRODUCT = 1e-10  # σ₁ ≤ ZERO_PRODUCT·‖A‖_F‖B‖_F: B A is numerically zero, the pair contributes 0
 
-_OPS = ("spectral_forward", "spectral_backward", "spectral_singular_values")
+_OPS = ("spectral_grams", "spectral_forward", "spectral_backward", "spectral_singular_values")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +336,11 @@ def _register_python_side():
     @torch.library.register_fake("evilbench::spectral_backward")
     def _bwd_fake(A_list, B_list, factors, grad_values):
         return [torch.empty_like(A) for A in A_list], [torch.empty_like(B) for B in B_list]
+
+    @torch.library.register_fake("evilbench::spectral_grams")
+    def _grams_fake(A_list, B_list):
+        total = sum(2 * A.shape[0] * A.shape[0] for A in A_list)
+        return torch.empty(total, dtype=torch.float64, device=A_list[0].device)
 
     @torch.library.register_fake("evilbench::spectral_singular_values")
     def _sv_fake(A_list, B_list):

@@ -278,3 +278,38 @@ def test_public_exports():
     import evilbench.kernels as K
 
     assert K.spectral_penalty is S.spectral_penalty and K.lora_singular_values is S.lora_singular_values
+
+
+@pytest.mark.skipif(not _fused_ok(), reason="evilbench._C spectral ops not built")
+def test_opcheck_cpu(gen):
+    A_list = [_randn(gen, 4, 10), _randn(gen, 3, 7, dtype=torch.bfloat16), _randn(gen, 5, 6, dtype=torch.float64)]
+    B_list = [_randn(gen, 12, 4), _randn(gen, 9, 3), _randn(gen, 8, 5, dtype=torch.float64)]
+    A_req = [A.clone().requires_grad_() for A in A_list]
+    B_req = [B.clone().requires_grad_() for B in B_list]
+    ops = torch.ops.evilbench
+    for kind in KINDS:
+        torch.library.opcheck(ops.spectral_forward.default, (A_req, B_req, kind, True))
+    values, factors = ops.spectral_forward(A_list, B_list, "entropy", True)
+    torch.library.opcheck(ops.spectral_backward.default, (A_list, B_list, factors, torch.rand(3, dtype=torch.float64)))
+    torch.library.opcheck(ops.spectral_singular_values.default, (A_list, B_list))
+    torch.library.opcheck(ops.spectral_grams.default, (A_list, B_list))
+
+
+@pytest.mark.skipif(not _fused_ok(), reason="evilbench._C spectral ops not built")
+def test_fused_grams_and_factors_match_torch_path(gen):
+    A_list = [_randn(gen, r, n) for r, n, m in SHAPES]
+    B_list = [_randn(gen, m, r, dtype=torch.bfloat16) for r, n, m in SHAPES]
+    grams = torch.ops.evilbench.spectral_grams(A_list, B_list)
+    offs = S._factor_offsets(A_list)
+    for i, (A, B) in enumerate(zip(A_list, B_list)):
+        r = A.shape[0]
+        P, Q = S._torch_grams(A, B)
+        torch.testing.assert_close(grams[offs[i] : offs[i] + r * r].view(r, r), P, rtol=1e-12, atol=1e-12 * float(P.abs().max()))
+        torch.testing.assert_close(grams[offs[i] + r * r : offs[i + 1]].view(r, r), Q, rtol=1e-12, atol=1e-12 * float(Q.abs().max()))
+    for kind in KINDS:
+        v, f = torch.ops.evilbench.spectral_forward(A_list, B_list, kind, True)
+        v0, f0 = S.torch_spectral_forward(A_list, B_list, kind, True)
+        torch.testing.assert_close(v, v0, rtol=1e-9, atol=1e-12)
+        for i in range(len(A_list)):
+            fi, f0i = f[offs[i] : offs[i + 1]], f0[offs[i] : offs[i + 1]]
+            assert float((fi - f0i).abs().max()) <= 1e-7 * max(float(f0i.abs().max()), 1e-300) or float(f0i.abs().max()) < 1e-12, (kind, i)
