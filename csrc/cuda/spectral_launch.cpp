@@ -3,7 +3,8 @@
 // Three kernel launches per forward / backward, whatever the number of pairs; no host syncs.
 #include <torch/extension.h>
 #include <torch/library.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstring>
@@ -25,6 +26,7 @@ static int dtype_code(const at::Tensor& t) {
     case at::kHalf: return kF16;
     default: TORCH_CHECK(false, "spectral: unsupported dtype ", t.scalar_type());
   }
+  return -1;
 }
 
 static void check_pairs(const at::TensorList& A, const at::TensorList& B, const char* who) {
@@ -119,6 +121,7 @@ static int parse_kind(c10::string_view kind) {
   if (kind == "participation") return kParticipation;
   TORCH_CHECK_VALUE(false, "unknown spectral penalty kind '", std::string(kind),
                     "'; expected one of fro_nuclear, entropy, stable_rank, participation");
+  return -1;
 }
 
 // Grams pass + r × r kernel in the given mode; returns the partial buffer's owner (kept alive by the stream order).
@@ -126,7 +129,7 @@ static void run_front(const Table& t, int mode, bool need, double* values, doubl
                       float* sigma, const at::Device& dev) {
   auto opts = at::TensorOptions().dtype(at::kDouble).device(dev);
   at::Tensor partials = at::empty({std::max<int64_t>(1, t.partial_doubles)}, opts);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   C10_CUDA_CHECK(launch_gram(dev_pairs(t), dev_chunks(t), static_cast<int>(t.chunks.size()),
                              partials.data_ptr<double>(), t.rmax, stream));
   C10_CUDA_CHECK(launch_rxr(dev_pairs(t), static_cast<int>(t.pairs.size()), dev_chunks(t), partials.data_ptr<double>(),
@@ -179,7 +182,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_c
   at::Tensor fac = factors.contiguous();
   Table t = build_table(A, B, &gA, &gB);
   C10_CUDA_CHECK(launch_apply(dev_pairs(t), dev_chunks(t), static_cast<int>(t.chunks.size()), fac.data_ptr<double>(),
-                              gv.data_ptr<double>(), t.rmax, at::cuda::getCurrentCUDAStream()));
+                              gv.data_ptr<double>(), t.rmax, c10::cuda::getCurrentCUDAStream()));
   return {gA, gB};
 }
 
