@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -144,6 +145,37 @@ def _two_threads(request):
     torch.set_num_threads(prev)
 
 
+def _op_times(As, Bs, device, iters=20):
+    """Seconds per call of each registered op, called back to back without autograd or checks (on
+    CUDA this is the kernels' time: the host enqueues ahead). grams = pass 1 (+ a cheap r × r
+    reduction), singular_values = pass 1 + Jacobi, forward = pass 1 + full r × r phase, backward =
+    pass 2 (apply)."""
+    ops = torch.ops.evilbench
+    A = [a.detach() for a in As]
+    B = [b.detach() for b in Bs]
+    _, factors = ops.spectral_forward(A, B, "fro_nuclear", True)
+    gv = torch.ones(len(A), dtype=torch.float64, device=device)
+    calls = {
+        "grams": lambda: ops.spectral_grams(A, B),
+        "singular_values": lambda: ops.spectral_singular_values(A, B),
+        "forward": lambda: ops.spectral_forward(A, B, "fro_nuclear", True),
+        "backward": lambda: ops.spectral_backward(A, B, factors, gv),
+    }
+    out = {}
+    for name, fn in calls.items():
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[f"op_{name}_s"] = (time.perf_counter() - t) / iters
+    out["op_forward_backward_s"] = out["op_forward_s"] + out["op_backward_s"]
+    return out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(SETS))
 def test_ours(benchmark, name, device):
@@ -152,6 +184,8 @@ def test_ours(benchmark, name, device):
     _info(benchmark, "ours", name, device, dtype, As, Bs, len(As))
     ev, eg = _accuracy(ours, name, device, dtype)
     benchmark.extra_info.update(rel_err_value=ev, rel_err_grad=eg)
+    if device == "cuda":
+        benchmark.extra_info.update(_op_times(As, Bs, device))
     benchmark.pedantic(_step, args=(ours, As, Bs, device), rounds=5, iterations=1, warmup_rounds=1)
     assert ev <= 1e-3 and eg <= 1e-2
 
@@ -163,6 +197,7 @@ def test_ours_bf16(benchmark, name, device):
     As, Bs = make_set(name, device, dtype)
     _info(benchmark, "ours", name, device, dtype, As, Bs, len(As))
     benchmark.group = f"spectral/{name}-bf16"
+    benchmark.extra_info.update(_op_times(As, Bs, device))
     benchmark.pedantic(_step, args=(ours, As, Bs, device), rounds=10, iterations=1, warmup_rounds=2)
 
 

@@ -98,14 +98,17 @@ def run(args):
         return f
 
     results = {}
-    order = ["base", "ours", "ours_nocheck", "torch"] * args.repeats  # interleave to share drift fairly
-    samples = {k: [] for k in set(order)}
-    for k in order:
-        fn = (lambda: step(None)) if k == "base" else (lambda k=k: step(regs[k]))
-        timed(fn, args.warmup)
-        samples[k] += timed(fn, args.steps)
+    configs = ["base", "ours", "ours_nocheck", "torch"]
+    fns = {k: (lambda: step(None)) if k == "base" else (lambda k=k: step(regs[k])) for k in configs}
+    for k in configs:
+        timed(fns[k], args.warmup)
+    samples = {k: [] for k in configs}
+    for _ in range(args.steps * args.repeats):  # one step of each in turn: drift hits all alike
+        for k in configs:
+            samples[k] += timed(fns[k], 1)
     for k, v in samples.items():
         results[f"step_{k}_s"] = statistics.median(v)
+        results[f"step_{k}_mean_s"] = statistics.fmean(v)
     for k in ("ours", "torch"):
         f = penalty_only(regs[k])
         timed(f, args.warmup)

@@ -161,14 +161,23 @@ __device__ void bmm(int r, int ld, const double* A, bool ta, const double* B, bo
 // Parallel cyclic Jacobi on the symmetric n × n matrix M (n even, row stride ld), round-robin pairs
 // (n/2 disjoint rotations per step, n − 1 steps per sweep). On return diag(M) holds the eigenvalues
 // and the rows of Vt the eigenvectors. Each thread updates whole 2 × 2 blocks in place.
-__device__ void jacobi_eigh(int n, int ld, double* M, double* Vt, double* cs, int* pq, int* flag) {
+__device__ void jacobi_eigh(int n, int ld, double* M, double* Vt, double* cs, int* pq, int* flag, double* scal) {
   const int h = n / 2;
+  // Rotate (p, q) only while |m_pq| > 1e-15·√|m_pp m_qq| (relative accuracy for small eigenvalues)
+  // and > 1e-16·max|m_ii| (round-off fill-in below that would keep the sweeps going forever).
+  if (threadIdx.x == 0) {
+    double mx = 0.0;
+    for (int i = 0; i < n; ++i) mx = fmax(mx, fabs(M[i * ld + i]));
+    *scal = 1e-16 * mx;
+  }
+  __syncthreads();
+  const double tol_abs = *scal;
   for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
     const int i = idx / n, j = idx - i * n;
     Vt[i * ld + j] = i == j ? 1.0 : 0.0;
   }
   __syncthreads();
-  for (int sweep = 0; sweep < 30; ++sweep) {
+  for (int sweep = 0; sweep < 20; ++sweep) {
     if (threadIdx.x == 0) *flag = 0;
     __syncthreads();
     for (int step = 0; step < n - 1; ++step) {
@@ -188,7 +197,7 @@ __device__ void jacobi_eigh(int n, int ld, double* M, double* Vt, double* cs, in
         }
         const double app = M[p * ld + p], aqq = M[q * ld + q], apq = M[p * ld + q];
         double c = 1.0, s = 0.0;
-        if (apq != 0.0 && fabs(apq) > 1e-17 * sqrt(fabs(app * aqq))) {
+        if (fabs(apq) > tol_abs && fabs(apq) > 1e-15 * sqrt(fabs(app * aqq))) {
           const double tau = (aqq - app) / (2.0 * apq);
           const double t = (tau >= 0.0 ? 1.0 : -1.0) / (fabs(tau) + sqrt(1.0 + tau * tau));
           c = rsqrt(1.0 + t * t);
@@ -238,8 +247,8 @@ __device__ void jacobi_eigh(int n, int ld, double* M, double* Vt, double* cs, in
 
 size_t rxr_smem_bytes(int rmax) {
   const int n = (rmax + 1) / 2 * 2;
-  return 6 * static_cast<size_t>(n) * n * sizeof(double) + 8 * static_cast<size_t>(n) * sizeof(double) +
-         4 * static_cast<size_t>(n) * sizeof(int) + 64;
+  return 6 * static_cast<size_t>(n) * n * sizeof(double) + (5 * static_cast<size_t>(n) + 16) * sizeof(double) +
+         (2 * static_cast<size_t>(n) + 4) * sizeof(int);
 }
 
 __global__ void __launch_bounds__(kThreads) rxr_kernel(const PairDesc* __restrict__ pairs,
@@ -261,17 +270,15 @@ __global__ void __launch_bounds__(kThreads) rxr_kernel(const PairDesc* __restric
   double* T = R + mat;
   double* W = T + mat;
   double* X = W + mat;
-  double* vec = X + mat;  // 8 vectors of nmax
-  double* lam = vec;
+  double* lam = X + mat;  // 5 vectors of nmax, then 16 scalars
   double* sig = lam + nmax;
   double* sv = sig + nmax;
   double* gos = sv + nmax;
-  double* cs = gos + nmax;  // 2 · nmax/2 … use nmax
-  double* scal = cs + nmax;  // scalars
-  int* ivec = reinterpret_cast<int*>(vec + 8 * nmax);
-  int* pq = ivec;  // nmax
-  int* perm = pq + nmax;
-  int* flags = perm + nmax;  // [0] jacobi flag, [1] status
+  double* cs = gos + nmax;   // Jacobi (c, s) of the nmax/2 rotations of a step
+  double* scal = cs + nmax;  // [0] tr P, [1] tr Q, [2] s2, [3] s4, [4] min pivot², [6] Jacobi tolerance
+  int* pq = reinterpret_cast<int*>(scal + 16);  // nmax: Jacobi (p, q) pairs
+  int* perm = pq + nmax;                         // nmax
+  int* flags = perm + nmax;                      // [0] Jacobi rotated, [1] status, [2] Cholesky ok
   const int tid = threadIdx.x;
   const size_t rr = static_cast<size_t>(r) * r;
 
@@ -404,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) rxr_kernel(const PairDesc* __restric
     // eigen route: P = E Λ Eᵀ, R = E Λ^½, T = E Λ^-½ (λ ≤ kEigTol·λ_max dropped)
     for (int idx = tid; idx < n * n; idx += blockDim.x) X[idx] = P[idx];
     __syncthreads();
-    jacobi_eigh(n, ld, X, W, cs, pq, flags);
+    jacobi_eigh(n, ld, X, W, cs, pq, flags, scal + 6);
     if (tid == 0) {
       double lmax = 0.0;
       for (int t = 0; t < r; ++t) lmax = fmax(lmax, X[t * ld + t]);
@@ -436,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) rxr_kernel(const PairDesc* __restric
     }
   }
   __syncthreads();
-  jacobi_eigh(n, ld, X, W, cs, pq, flags);
+  jacobi_eigh(n, ld, X, W, cs, pq, flags, scal + 6);
   if (tid == 0) {  // descending order of the r true eigenvalues (the pad index keeps eigenvalue 0, e_pad)
     for (int t = 0; t < r; ++t) {
       lam[t] = X[t * ld + t];

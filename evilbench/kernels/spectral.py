@@ -51,10 +51,26 @@ _OPS = ("spectral_grams", "spectral_forward", "spectral_backward", "spectral_sin
 # input checks
 
 
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _as_pairs(A_list: Sequence[torch.Tensor], B_list: Sequence[torch.Tensor], who: str):
     A_list, B_list = list(A_list), list(B_list)
     if len(A_list) != len(B_list):
         raise ValueError(f"{who}: got {len(A_list)} A matrices but {len(B_list)} B matrices")
+    if not A_list:
+        return A_list, B_list, None
+    # fast path (called every training step): one cheap pass, details only when something is off
+    try:
+        ok = all(
+            A.dim() == 2 and B.dim() == 2 and A.shape[0] == B.shape[1] and A.dtype in _DTYPES and B.dtype in _DTYPES
+            and A.numel() > 0 and B.numel() > 0
+            for A, B in zip(A_list, B_list)
+        ) and len({T.get_device() for T in A_list} | {T.get_device() for T in B_list}) == 1
+    except (AttributeError, TypeError):
+        ok = False
+    if ok:
+        return A_list, B_list, A_list[0].device
     device = None
     for i, (A, B) in enumerate(zip(A_list, B_list)):
         if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
@@ -72,7 +88,7 @@ def _as_pairs(A_list: Sequence[torch.Tensor], B_list: Sequence[torch.Tensor], wh
         if A.shape[0] < 1 or A.shape[1] < 1 or B.shape[0] < 1:
             raise ValueError(f"{who}: pair {i}: empty matrix, A {tuple(A.shape)}, B {tuple(B.shape)}")
         for name, T in (("A", A), ("B", B)):
-            if T.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            if T.dtype not in _DTYPES:
                 raise TypeError(f"{who}: pair {i}: {name} has dtype {T.dtype}; expected float32/64, bfloat16 or float16")
             if device is None:
                 device = T.device
@@ -89,6 +105,8 @@ def _check_kind(kind: str, reduction: str | None = None):
 
 
 def _raise_nonfinite(values: torch.Tensor, A_list, B_list, who: str):
+    if bool(torch.isfinite(values.detach()).all()):  # one small read-back
+        return
     bad = torch.nonzero(~torch.isfinite(values.detach())).flatten().tolist()
     if bad:
         i = bad[0]
@@ -296,6 +314,25 @@ class _TorchPenalty(torch.autograd.Function):
         return (None, None, *gA, *gB)
 
 
+class _FusedPenalty(torch.autograd.Function):
+    """Eager autograd around the fused ops (the same forward/backward ops that register_autograd wires
+    up below, without torch.library's per-call pytree handling of ~500 tensors)."""
+
+    @staticmethod
+    def forward(ctx, kind, n, *mats):
+        values, factors = torch.ops.evilbench.spectral_forward(list(mats[:n]), list(mats[n:]), kind, True)
+        ctx.n = n
+        ctx.save_for_backward(factors, *mats)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        factors, *mats = ctx.saved_tensors
+        n = ctx.n
+        gA, gB = torch.ops.evilbench.spectral_backward(mats[:n], mats[n:], factors, grad_values.contiguous())
+        return (None, None, *gA, *gB)
+
+
 # ---------------------------------------------------------------------------------------------
 # fused ops: fake kernels and autograd for torch.ops.evilbench.spectral_*
 
@@ -392,14 +429,19 @@ def spectral_penalty_per_pair(
     a pair with NaN/Inf input gets NaN. The float64 output makes this the function to gradcheck."""
     _check_kind(kind)
     A_list, B_list, device = _as_pairs(A_list, B_list, "spectral_penalty")
+    return _per_pair(A_list, B_list, kind, impl, device)
+
+
+def _per_pair(A_list, B_list, kind, impl, device):
     if not A_list:
         return torch.zeros(0, dtype=torch.float64)
-    A_list = [A.contiguous() for A in A_list]
-    B_list = [B.contiguous() for B in B_list]
+    A_list = [A if A.is_contiguous() else A.contiguous() for A in A_list]
+    B_list = [B if B.is_contiguous() else B.contiguous() for B in B_list]
     need = torch.is_grad_enabled() and any(T.requires_grad for T in A_list + B_list)
     if _use_fused(impl, device):
-        values, _ = torch.ops.evilbench.spectral_forward(A_list, B_list, kind, need)
-        return values
+        if need:
+            return _FusedPenalty.apply(kind, len(A_list), *A_list, *B_list)
+        return torch.ops.evilbench.spectral_forward(A_list, B_list, kind, False)[0]
     if need:
         return _TorchPenalty.apply(kind, len(A_list), *A_list, *B_list)
     return torch_spectral_forward(A_list, B_list, kind, False)[0]
@@ -428,7 +470,7 @@ def spectral_penalty(
     A_list, B_list, device = _as_pairs(A_list, B_list, "spectral_penalty")
     if not A_list:
         return torch.zeros((), dtype=torch.float32)
-    values = spectral_penalty_per_pair(A_list, B_list, kind, impl=impl)
+    values = _per_pair(A_list, B_list, kind, impl, device)
     if check_finite:
         _raise_nonfinite(values, A_list, B_list, "spectral_penalty")
     out = values.sum() if reduction == "sum" else values.mean()

@@ -281,6 +281,20 @@ def test_public_exports():
 
 
 @pytest.mark.skipif(not _fused_ok(), reason="evilbench._C spectral ops not built")
+def test_gradcheck_registered_op_autograd(gen):
+    """The op's own autograd (torch.library.register_autograd), called directly, in float64."""
+    shapes = [(3, 5, 4), (2, 3, 6)]
+    mats = [_randn(gen, r, n, dtype=torch.float64).requires_grad_() for r, n, m in shapes]
+    mats += [_randn(gen, m, r, dtype=torch.float64).requires_grad_() for r, n, m in shapes]
+    w = _randn(gen, len(shapes), dtype=torch.float64)
+    for kind in KINDS:
+        def f(*t):
+            return (torch.ops.evilbench.spectral_forward(list(t[:2]), list(t[2:]), kind, True)[0] * w).sum()
+
+        assert torch.autograd.gradcheck(f, mats, eps=1e-6, atol=1e-6, rtol=1e-4), f"{kind} seed {gen.initial_seed()}"
+
+
+@pytest.mark.skipif(not _fused_ok(), reason="evilbench._C spectral ops not built")
 def test_opcheck_cpu(gen):
     A_list = [_randn(gen, 4, 10), _randn(gen, 3, 7, dtype=torch.bfloat16), _randn(gen, 5, 6, dtype=torch.float64)]
     B_list = [_randn(gen, 12, 4), _randn(gen, 9, 3), _randn(gen, 8, 5, dtype=torch.float64)]

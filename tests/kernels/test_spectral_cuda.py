@@ -120,8 +120,8 @@ def test_qwen_shaped_set_matches_cpu(gen):
     B_list = [0.01 * torch.randn(do, 32, generator=gen) for di, do in shapes]
     res = {}
     for dev in ("cpu", "cuda"):
-        A_req = [A.to(dev).requires_grad_() for A in A_list]
-        B_req = [B.to(dev).requires_grad_() for B in B_list]
+        A_req = [A.detach().to(dev).requires_grad_() for A in A_list]
+        B_req = [B.detach().to(dev).requires_grad_() for B in B_list]
         out = S.spectral_penalty(A_req, B_req, "entropy", impl="fused")
         out.backward()
         res[dev] = (float(out), [t.grad.cpu() for t in A_req + B_req])
