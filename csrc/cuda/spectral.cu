@@ -21,7 +21,8 @@ namespace spectral {
 namespace cuda {
 
 constexpr int kThreads = 256;
-constexpr int kTileK = 64;  // rows of B / columns of A staged in shared memory at a time
+constexpr int kTileK = 64;      // apply pass: rows of B / columns of A staged in shared memory at a time
+constexpr int kGramTileK = 32;  // Gram pass: the same, double-buffered through registers
 
 __device__ __forceinline__ double load_d(const void* p, int dt, long long i) {
   switch (dt) {
@@ -61,14 +62,35 @@ __host__ __device__ inline void gram_layout(int r, int* rp, int* ntiles, int* gr
 __host__ __device__ inline size_t gram_smem_doubles(int r) {
   int rp, nt, g;
   gram_layout(r, &rp, &nt, &g);
-  const size_t stage = static_cast<size_t>(kTileK) * (rp + 2);
-  const size_t red = static_cast<size_t>(g) * nt * 16;
+  const size_t stage = static_cast<size_t>(kGramTileK) * (rp + 2);
+  const size_t red = static_cast<size_t>(nt) * 16;  // one k-group at a time
   return stage > red ? stage : red;
 }
 
-__global__ void __launch_bounds__(kThreads) gram_kernel(const PairDesc* __restrict__ pairs,
-                                                        const ChunkDesc* __restrict__ chunks,
-                                                        double* __restrict__ partials) {
+constexpr int kMaxPrefetch = kGramTileK * 64 / kThreads;  // staged values per thread at r = 64
+
+// Which element of the staging tile the e-th prefetch slot of a thread holds, and its global index.
+__device__ __forceinline__ bool stage_slot(const ChunkDesc& ch, const PairDesc& pd, int rp, int kt, long long k0,
+                                           int idx, int* sidx, long long* gidx) {
+  const int r = pd.r;
+  const int ld = rp + 2;
+  int k, i;
+  if (ch.side == 0) {  // rows of B: contiguous runs of r values
+    k = idx / rp;
+    i = idx - k * rp;
+    *gidx = (ch.start + k0 + k) * r + i;
+  } else {  // columns of A: row i, columns start + k0 + k
+    i = idx / kGramTileK;
+    k = idx - i * kGramTileK;
+    *gidx = static_cast<long long>(i) * pd.n + ch.start + k0 + k;
+  }
+  *sidx = k * ld + i;
+  return k < kt && i < r;
+}
+
+__global__ void __launch_bounds__(kThreads, 3) gram_kernel(const PairDesc* __restrict__ pairs,
+                                                           const ChunkDesc* __restrict__ chunks,
+                                                           double* __restrict__ partials) {
   extern __shared__ __align__(16) double smem[];
   const ChunkDesc ch = chunks[blockIdx.x];
   const PairDesc pd = pairs[ch.pair];
@@ -95,21 +117,46 @@ __global__ void __launch_bounds__(kThreads) gram_kernel(const PairDesc* __restri
 
   const void* X = ch.side == 0 ? pd.B : pd.A;
   const int dt = ch.side == 0 ? pd.dtB : pd.dtA;
-  for (long long k0 = 0; k0 < ch.len; k0 += kTileK) {
-    const int kt = ch.len - k0 < kTileK ? static_cast<int>(ch.len - k0) : kTileK;
-    if (ch.side == 0) {  // rows of B: contiguous runs of r values
-      const long long base = (ch.start + k0) * r;
-      for (int idx = tid; idx < kTileK * rp; idx += kThreads) {
-        const int k = idx / rp, i = idx - k * rp;
-        smem[k * ld + i] = (k < kt && i < r) ? load_d(X, dt, base + static_cast<long long>(k) * r + i) : 0.0;
+  const int nslots = kGramTileK * rp;
+  // float32/bfloat16/float16 inputs: the next tile is fetched into registers (as float, exact) while
+  // the current one is multiplied, hiding the global-memory latency; float64 inputs load directly.
+  const bool prefetch = dt != kF64;
+  float pf[kMaxPrefetch];
+  auto fetch = [&](long long k0) {
+    const int kt = ch.len - k0 < kGramTileK ? static_cast<int>(ch.len - k0) : kGramTileK;
+#pragma unroll
+    for (int e = 0; e < kMaxPrefetch; ++e) {
+      const int idx = tid + e * kThreads;
+      int sidx;
+      long long gidx;
+      pf[e] = 0.f;
+      if (idx < nslots && stage_slot(ch, pd, rp, kt, k0, idx, &sidx, &gidx)) pf[e] = load_as<float>(X, dt, gidx);
+    }
+  };
+  if (prefetch) fetch(0);
+  for (long long k0 = 0; k0 < ch.len; k0 += kGramTileK) {
+    const int kt = ch.len - k0 < kGramTileK ? static_cast<int>(ch.len - k0) : kGramTileK;
+    if (prefetch) {
+#pragma unroll
+      for (int e = 0; e < kMaxPrefetch; ++e) {
+        const int idx = tid + e * kThreads;
+        int sidx;
+        long long gidx;
+        if (idx < nslots) {
+          stage_slot(ch, pd, rp, kt, k0, idx, &sidx, &gidx);
+          smem[sidx] = static_cast<double>(pf[e]);
+        }
       }
-    } else {  // columns of A: row i, columns start + k0 + k
-      for (int idx = tid; idx < rp * kTileK; idx += kThreads) {
-        const int i = idx / kTileK, k = idx - i * kTileK;
-        smem[k * ld + i] = (k < kt && i < r) ? load_d(X, dt, static_cast<long long>(i) * pd.n + ch.start + k0 + k) : 0.0;
+    } else {
+      for (int idx = tid; idx < nslots; idx += kThreads) {
+        int sidx;
+        long long gidx;
+        const bool ok = stage_slot(ch, pd, rp, kt, k0, idx, &sidx, &gidx);
+        smem[sidx] = ok ? load_d(X, dt, gidx) : 0.0;
       }
     }
     __syncthreads();
+    if (prefetch && k0 + kGramTileK < ch.len) fetch(k0 + kGramTileK);
     if (active) {
       for (int k = kg; k < kt; k += groups) {
         const double2* row = reinterpret_cast<const double2*>(smem + k * ld);
@@ -125,14 +172,15 @@ __global__ void __launch_bounds__(kThreads) gram_kernel(const PairDesc* __restri
     }
     __syncthreads();
   }
-  // reduce over the k-groups (fixed order), write the upper-triangle tiles
-  if (active)
-    for (int e = 0; e < 16; ++e) smem[(kg * ntiles + tile) * 16 + e] = acc[e];
-  __syncthreads();
+  // reduce over the k-groups one group at a time (fixed order: deterministic), then write the
+  // upper-triangle tiles of this chunk's partial Gram
+  for (int g = 0; g < groups; ++g) {
+    if (active && kg == g)
+      for (int e = 0; e < 16; ++e) smem[tile * 16 + e] = (g == 0 ? 0.0 : smem[tile * 16 + e]) + acc[e];
+    __syncthreads();
+  }
   for (int idx = tid; idx < ntiles * 16; idx += kThreads) {
     const int tl = idx / 16, e = idx - tl * 16;
-    double s = 0.0;
-    for (int g = 0; g < groups; ++g) s += smem[(g * ntiles + tl) * 16 + e];
     int a = 0;
     const int t = rp / 4;
     int rem = tl;
@@ -141,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) gram_kernel(const PairDesc* __restri
       ++a;
     }
     const int i = 4 * a + e / 4, j = 4 * (a + rem) + e % 4;
-    if (i < r && j < r) partials[ch.part_off + static_cast<long long>(i) * r + j] = s;
+    if (i < r && j < r) partials[ch.part_off + static_cast<long long>(i) * r + j] = smem[idx];
   }
 }
 

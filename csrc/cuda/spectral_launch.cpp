@@ -46,6 +46,30 @@ static void check_pairs(const at::TensorList& A, const at::TensorList& B, const 
   }
 }
 
+// Gradient outputs: one allocation per dtype, each gradient a contiguous tensor on that storage at its
+// own offset (hundreds of separate allocations cost more host time than the kernels on a GPU). The
+// TensorImpls are built directly (no dispatched view ops); autograd hands them to .grad as they are.
+static std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
+  std::vector<at::Tensor> out(ts.size());
+  for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
+    int64_t total = 0;
+    for (const auto& t : ts)
+      if (t.scalar_type() == st) total += t.numel();
+    if (total == 0) continue;
+    at::Tensor flat = at::empty({total}, ts[0].options().dtype(st));
+    int64_t off = 0;
+    for (size_t i = 0; i < ts.size(); ++i)
+      if (ts[i].scalar_type() == st) {
+        auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
+        impl->set_sizes_contiguous(ts[i].sizes());
+        impl->set_storage_offset(off);
+        out[i] = at::Tensor(std::move(impl));
+        off += ts[i].numel();
+      }
+  }
+  return out;
+}
+
 struct Table {
   std::vector<PairDesc> pairs;
   std::vector<ChunkDesc> chunks;
@@ -174,10 +198,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_c
               "spectral_backward: factors must be float64 on ", A[0].device(), " with ", total,
               " elements; call spectral_forward with need_factors=True");
   TORCH_CHECK(grad_values.numel() == static_cast<int64_t>(A.size()), "spectral_backward: one grad value per pair");
-  for (size_t i = 0; i < A.size(); ++i) {
-    gA.push_back(at::empty_like(A[i]));
-    gB.push_back(at::empty_like(B[i]));
-  }
+  gA = empty_like_grouped(A);
+  gB = empty_like_grouped(B);
   at::Tensor gv = grad_values.to(A[0].device(), at::kDouble).contiguous();
   at::Tensor fac = factors.contiguous();
   Table t = build_table(A, B, &gA, &gB);

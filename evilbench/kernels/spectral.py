@@ -30,6 +30,7 @@ spectral_backward (CPU and CUDA kernels of evilbench._C); "torch" = the same mat
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -314,13 +315,19 @@ class _TorchPenalty(torch.autograd.Function):
         return (None, None, *gA, *gB)
 
 
+def _below_autograd():
+    guard = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", None)
+    return guard() if guard is not None else contextlib.nullcontext()
+
+
 class _FusedPenalty(torch.autograd.Function):
     """Eager autograd around the fused ops (the same forward/backward ops that register_autograd wires
     up below, without torch.library's per-call pytree handling of ~500 tensors)."""
 
     @staticmethod
     def forward(ctx, kind, n, *mats):
-        values, factors = torch.ops.evilbench.spectral_forward(list(mats[:n]), list(mats[n:]), kind, True)
+        with _below_autograd():  # straight to the CPU/CUDA kernel, past the op's own autograd kernel
+            values, factors = torch.ops.evilbench.spectral_forward(list(mats[:n]), list(mats[n:]), kind, True)
         ctx.n = n
         ctx.save_for_backward(factors, *mats)
         return values
@@ -337,7 +344,17 @@ class _FusedPenalty(torch.autograd.Function):
 # fused ops: fake kernels and autograd for torch.ops.evilbench.spectral_*
 
 
+_FUSED_OK: dict[str, bool] = {}
+
+
 def _fused_ops_available(device: torch.device) -> bool:
+    ok = _FUSED_OK.get(device.type)
+    if ok is None:
+        ok = _FUSED_OK[device.type] = _probe_fused(device)
+    return ok
+
+
+def _probe_fused(device: torch.device) -> bool:
     try:
         from evilbench.kernels import _ext
 
@@ -471,6 +488,16 @@ def spectral_penalty(
     if not A_list:
         return torch.zeros((), dtype=torch.float32)
     values = _per_pair(A_list, B_list, kind, impl, device)
+    if check_finite:
+        _raise_nonfinite(values, A_list, B_list, "spectral_penalty")
+    out = values.sum() if reduction == "sum" else values.mean()
+    return out.float()
+
+
+def _spectral_penalty_prevalidated(A_list, B_list, kind, reduction, impl, check_finite):
+    """spectral_penalty for callers that validated the pairs once (SpectralRegularizer): skips the
+    per-call Python checks (the C++ ops still check shapes and devices)."""
+    values = _per_pair(A_list, B_list, kind, impl, A_list[0].device)
     if check_finite:
         _raise_nonfinite(values, A_list, B_list, "spectral_penalty")
     out = values.sum() if reduction == "sum" else values.mean()

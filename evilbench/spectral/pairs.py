@@ -89,6 +89,34 @@ def lora_layers(model, adapter_name: str | None = None) -> list[tuple[str, objec
     return found
 
 
+def tensor_sources(layers) -> list:
+    """For each pair of lora_layers(): either (A, B) parameters usable as they are, or a zero-argument
+    function returning fresh (A, B) views (experts, convolutions). Cheap to turn into tensors every
+    training step (SpectralRegularizer); the parameters are the live ones."""
+    _, ParamWrapper = _lora_layer_classes()
+    out = []
+    for name, layer, adapter in layers:
+        for pair in _pairs_of_layer(name, layer, adapter, ParamWrapper):
+            if isinstance(pair.A, torch.nn.Parameter) and isinstance(pair.B, torch.nn.Parameter):
+                out.append((pair.A, pair.B))
+            else:
+                out.append(None)
+    if any(s is None for s in out):  # rebuild views per call for the layers that need them
+        rebuilt = []
+        idx = 0
+        for name, layer, adapter in layers:
+            pairs = list(_pairs_of_layer(name, layer, adapter, ParamWrapper))
+            if all(out[idx + k] is not None for k in range(len(pairs))):
+                rebuilt.extend(out[idx : idx + len(pairs)])
+            else:
+                def views(name=name, layer=layer, adapter=adapter):
+                    return [(p.A, p.B) for p in _pairs_of_layer(name, layer, adapter, ParamWrapper)]
+                rebuilt.append(views)
+            idx += len(pairs)
+        out = rebuilt
+    return out
+
+
 def pairs_of_layers(layers) -> list[LoraPair]:
     """The pairs of layers from lora_layers(), as fresh views of the current parameters."""
     _, ParamWrapper = _lora_layer_classes()
