@@ -21,7 +21,39 @@ TORCH_LIBRARY(evilbench, m) {
 
 }
 
+namespace evilbench {
+namespace spectral {
+namespace cpu {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cpu(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped);
+}
+#ifdef EVILBENCH_WITH_CUDA
+namespace cuda {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cuda(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped);
+}
+#endif
+}  // namespace spectral
+}  // namespace evilbench
+
+// Eager-mode twin of evilbench::spectral_backward whose gradients share one allocation per dtype
+// (fewer host-side allocations per training step). Not an operator: the registered op keeps
+// separate outputs, as its schema promises.
+static std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_grouped(
+    std::vector<at::Tensor> A, std::vector<at::Tensor> B, const at::Tensor& factors, const at::Tensor& grad_values) {
+  TORCH_CHECK(!A.empty(), "spectral_backward_grouped: no pairs");
+  if (A[0].is_cuda()) {
+#ifdef EVILBENCH_WITH_CUDA
+    return evilbench::spectral::cuda::spectral_backward_impl_cuda(A, B, factors, grad_values, true);
+#else
+    TORCH_CHECK(false, "evilbench._C was built without CUDA");
+#endif
+  }
+  return evilbench::spectral::cpu::spectral_backward_impl_cpu(A, B, factors, grad_values, true);
+}
+
 PYBIND11_MODULE(_C, m) {
+  m.def("_spectral_backward_grouped", &spectral_backward_grouped, "gA, gB of the spectral penalty (eager path)");
   m.doc() = "evilbench C++/CUDA kernels (ops live under torch.ops.evilbench)";
 #ifdef EVILBENCH_WITH_CUDA
   m.attr("with_cuda") = true;

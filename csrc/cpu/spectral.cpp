@@ -571,9 +571,11 @@ void rxr_pair(int kind, int r, const double* P, const double* Q, bool need, doub
   mm(r, P, N, FA);
 }
 
-// Gradient outputs: one allocation per dtype, each gradient a contiguous tensor on that storage at its
-// own offset (hundreds of separate allocations cost more host time than the kernels on a GPU). The
-// TensorImpls are built directly (no dispatched view ops); autograd hands them to .grad as they are.
+// Gradient outputs for the eager path (evilbench._C._spectral_backward_grouped, not the registered op,
+// whose outputs must not share storage): one allocation per dtype, each gradient a contiguous tensor
+// on that storage at its own offset (hundreds of separate allocations cost more host time than the
+// kernels on a GPU). The TensorImpls are built directly (no dispatched view ops); autograd hands them
+// to .grad as they are.
 static std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
   std::vector<at::Tensor> out(ts.size());
   for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
@@ -655,9 +657,8 @@ std::tuple<at::Tensor, at::Tensor> spectral_forward_cpu(at::TensorList A, at::Te
   return {values, factors};
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_cpu(at::TensorList A, at::TensorList B,
-                                                                                   const at::Tensor& factors,
-                                                                                   const at::Tensor& grad_values) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cpu(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped) {
   check_pairs(A, B, "spectral_backward");
   const int64_t n = static_cast<int64_t>(A.size());
   std::vector<int64_t> offs(n + 1, 0);
@@ -668,7 +669,16 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_c
   TORCH_CHECK(grad_values.numel() == n, "spectral_backward: grad_values must have one entry per pair");
   at::Tensor fac = factors.contiguous();
   at::Tensor gv = grad_values.to(at::kDouble).contiguous();
-  std::vector<at::Tensor> gA = empty_like_grouped(A), gB = empty_like_grouped(B);
+  std::vector<at::Tensor> gA, gB;
+  if (grouped) {
+    gA = empty_like_grouped(A);
+    gB = empty_like_grouped(B);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      gA.push_back(at::empty_like(A[i]));
+      gB.push_back(at::empty_like(B[i]));
+    }
+  }
   const double* f = fac.data_ptr<double>();
   const double* gvp = gv.data_ptr<double>();
   run_items(make_items(A, B), max_rank(A), [&](const Item& it, Scratch& s) {
@@ -678,6 +688,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_c
     else apply_item(A[it.pair], 1, r, F, gvp[it.pair], gA[it.pair], s);
   });
   return {gA, gB};
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_cpu(at::TensorList A, at::TensorList B,
+                                                                                   const at::Tensor& factors,
+                                                                                   const at::Tensor& grad_values) {
+  return spectral_backward_impl_cpu(A, B, factors, grad_values, false);
 }
 
 at::Tensor spectral_singular_values_cpu(at::TensorList A, at::TensorList B) {

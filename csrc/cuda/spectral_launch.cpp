@@ -46,9 +46,7 @@ static void check_pairs(const at::TensorList& A, const at::TensorList& B, const 
   }
 }
 
-// Gradient outputs: one allocation per dtype, each gradient a contiguous tensor on that storage at its
-// own offset (hundreds of separate allocations cost more host time than the kernels on a GPU). The
-// TensorImpls are built directly (no dispatched view ops); autograd hands them to .grad as they are.
+// Gradient outputs for the eager path (see csrc/cpu/spectral.cpp): one allocation per dtype.
 static std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
   std::vector<at::Tensor> out(ts.size());
   for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
@@ -185,9 +183,8 @@ std::tuple<at::Tensor, at::Tensor> spectral_forward_cuda(at::TensorList A, at::T
   return {values, factors};
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_cuda(at::TensorList A, at::TensorList B,
-                                                                                    const at::Tensor& factors,
-                                                                                    const at::Tensor& grad_values) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cuda(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped) {
   check_pairs(A, B, "spectral_backward");
   std::vector<at::Tensor> gA, gB;
   if (A.empty()) return {gA, gB};
@@ -198,14 +195,27 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_c
               "spectral_backward: factors must be float64 on ", A[0].device(), " with ", total,
               " elements; call spectral_forward with need_factors=True");
   TORCH_CHECK(grad_values.numel() == static_cast<int64_t>(A.size()), "spectral_backward: one grad value per pair");
-  gA = empty_like_grouped(A);
-  gB = empty_like_grouped(B);
+  if (grouped) {
+    gA = empty_like_grouped(A);
+    gB = empty_like_grouped(B);
+  } else {
+    for (size_t i = 0; i < A.size(); ++i) {
+      gA.push_back(at::empty_like(A[i]));
+      gB.push_back(at::empty_like(B[i]));
+    }
+  }
   at::Tensor gv = grad_values.to(A[0].device(), at::kDouble).contiguous();
   at::Tensor fac = factors.contiguous();
   Table t = build_table(A, B, &gA, &gB);
   C10_CUDA_CHECK(launch_apply(dev_pairs(t), dev_chunks(t), static_cast<int>(t.chunks.size()), fac.data_ptr<double>(),
                               gv.data_ptr<double>(), t.rmax, c10::cuda::getCurrentCUDAStream()));
   return {gA, gB};
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_cuda(at::TensorList A, at::TensorList B,
+                                                                                    const at::Tensor& factors,
+                                                                                    const at::Tensor& grad_values) {
+  return spectral_backward_impl_cuda(A, B, factors, grad_values, false);
 }
 
 at::Tensor spectral_singular_values_cuda(at::TensorList A, at::TensorList B) {

@@ -336,7 +336,9 @@ class _FusedPenalty(torch.autograd.Function):
     def backward(ctx, grad_values):
         factors, *mats = ctx.saved_tensors
         n = ctx.n
-        gA, gB = torch.ops.evilbench.spectral_backward(mats[:n], mats[n:], factors, grad_values.contiguous())
+        from evilbench.kernels import _ext
+
+        gA, gB = _ext.load()._spectral_backward_grouped(list(mats[:n]), list(mats[n:]), factors, grad_values.contiguous())
         return (None, None, *gA, *gB)
 
 

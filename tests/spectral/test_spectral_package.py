@@ -184,3 +184,18 @@ def test_measures_of_flat_and_rank_deficient_spectra():
 def test_import_is_cheap():
     code = "import sys, evilbench.spectral; bad = [m for m in ('peft', 'transformers', 'evilbench._C') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_regularizer_gradient_adds_to_the_model_loss_gradient(peft_model):
+    _randomise_B(peft_model)
+    ids = torch.randint(0, 64, (2, 8))
+    reg = SpectralRegularizer(peft_model, kind="participation", weight=0.7)
+    grads = {}
+    for mode in ("loss", "reg", "both"):
+        peft_model.zero_grad(set_to_none=True)
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        total = {"loss": loss, "reg": reg() + 0 * loss, "both": reg.add_to_loss(loss)}[mode]
+        total.backward()
+        grads[mode] = [p.A.grad.clone() for p in lora_pairs(peft_model)] + [p.B.grad.clone() for p in lora_pairs(peft_model)]
+    for g_loss, g_reg, g_both in zip(grads["loss"], grads["reg"], grads["both"]):
+        torch.testing.assert_close(g_both, g_loss + g_reg, rtol=1e-5, atol=1e-7)
