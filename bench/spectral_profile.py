@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main():
     import bench_spectral as bs
-    from evilbench.kernels import spectral as S
+    from evilbench.kernels import _ext
+
+    _ext.load()  # registers torch.ops.evilbench.*
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=10)
