@@ -571,32 +571,6 @@ void rxr_pair(int kind, int r, const double* P, const double* Q, bool need, doub
   mm(r, P, N, FA);
 }
 
-// Gradient outputs for the eager path (evilbench._C._spectral_backward_grouped, not the registered op,
-// whose outputs must not share storage): one allocation per dtype, each gradient a contiguous tensor
-// on that storage at its own offset (hundreds of separate allocations cost more host time than the
-// kernels on a GPU). The TensorImpls are built directly (no dispatched view ops); autograd hands them
-// to .grad as they are.
-static std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
-  std::vector<at::Tensor> out(ts.size());
-  for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
-    int64_t total = 0;
-    for (const auto& t : ts)
-      if (t.scalar_type() == st) total += t.numel();
-    if (total == 0) continue;
-    at::Tensor flat = at::empty({total}, ts[0].options().dtype(st));
-    int64_t off = 0;
-    for (size_t i = 0; i < ts.size(); ++i)
-      if (ts[i].scalar_type() == st) {
-        auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
-        impl->set_sizes_contiguous(ts[i].sizes());
-        impl->set_storage_offset(off);
-        out[i] = at::Tensor(std::move(impl));
-        off += ts[i].numel();
-      }
-  }
-  return out;
-}
-
 // ---- ops ------------------------------------------------------------------------------------
 
 int parse_kind(c10::string_view kind) {
@@ -669,15 +643,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_i
   TORCH_CHECK(grad_values.numel() == n, "spectral_backward: grad_values must have one entry per pair");
   at::Tensor fac = factors.contiguous();
   at::Tensor gv = grad_values.to(at::kDouble).contiguous();
+  // `grouped` (one allocation per dtype) only pays on CUDA: on the CPU glibc serves one huge block by
+  // a fresh mmap every step (page faults on every write) while per-matrix blocks are recycled.
+  (void)grouped;
   std::vector<at::Tensor> gA, gB;
-  if (grouped) {
-    gA = empty_like_grouped(A);
-    gB = empty_like_grouped(B);
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      gA.push_back(at::empty_like(A[i]));
-      gB.push_back(at::empty_like(B[i]));
-    }
+  for (int64_t i = 0; i < n; ++i) {
+    gA.push_back(at::empty_like(A[i]));
+    gB.push_back(at::empty_like(B[i]));
   }
   const double* f = fac.data_ptr<double>();
   const double* gvp = gv.data_ptr<double>();
