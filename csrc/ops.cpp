@@ -18,10 +18,51 @@ TORCH_LIBRARY(evilbench, m) {
         "float weight_decay, float momentum, bool nesterov, float[] coefficients, float eps) -> ()");
 
   // ---- spectral penalty (issue: spectral core) ----------------------------------------------
+  // Pairs A_i (r_i × d_in), B_i (d_out × r_i); any mix of float32/bfloat16/float16/float64, contiguous.
+  // Packed layouts (float64): per pair r_i² entries of P then of Q (grams), FB then FA (factors).
+  m.def("spectral_grams(Tensor[] A, Tensor[] B) -> Tensor");
+  // values: float64 (n,), NaN for pairs with non-finite input; factors: float64 (Σ 2 r_i²) or (0,)
+  m.def("spectral_forward(Tensor[] A, Tensor[] B, str kind, bool need_factors) -> (Tensor, Tensor)");
+  // gA_i = grad_values[i] · FA_i A_i, gB_i = grad_values[i] · B_i FB_i, in the dtypes of A_i, B_i
+  m.def("spectral_backward(Tensor[] A, Tensor[] B, Tensor factors, Tensor grad_values) -> (Tensor[], Tensor[])");
+  // the r_i singular values of each B_i A_i, descending, float32 (Σ r_i,)
+  m.def("spectral_singular_values(Tensor[] A, Tensor[] B) -> Tensor");
 
 }
 
+namespace evilbench {
+namespace spectral {
+namespace cpu {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cpu(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped);
+}
+#ifdef EVILBENCH_WITH_CUDA
+namespace cuda {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_impl_cuda(
+    at::TensorList A, at::TensorList B, const at::Tensor& factors, const at::Tensor& grad_values, bool grouped);
+}
+#endif
+}  // namespace spectral
+}  // namespace evilbench
+
+// Eager-mode twin of evilbench::spectral_backward whose gradients share one allocation per dtype
+// (fewer host-side allocations per training step). Not an operator: the registered op keeps
+// separate outputs, as its schema promises.
+static std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_backward_grouped(
+    std::vector<at::Tensor> A, std::vector<at::Tensor> B, const at::Tensor& factors, const at::Tensor& grad_values) {
+  TORCH_CHECK(!A.empty(), "spectral_backward_grouped: no pairs");
+  if (A[0].is_cuda()) {
+#ifdef EVILBENCH_WITH_CUDA
+    return evilbench::spectral::cuda::spectral_backward_impl_cuda(A, B, factors, grad_values, true);
+#else
+    TORCH_CHECK(false, "evilbench._C was built without CUDA");
+#endif
+  }
+  return evilbench::spectral::cpu::spectral_backward_impl_cpu(A, B, factors, grad_values, true);
+}
+
 PYBIND11_MODULE(_C, m) {
+  m.def("_spectral_backward_grouped", &spectral_backward_grouped, "gA, gB of the spectral penalty (eager path)");
   m.doc() = "evilbench C++/CUDA kernels (ops live under torch.ops.evilbench)";
 #ifdef EVILBENCH_WITH_CUDA
   m.attr("with_cuda") = true;
