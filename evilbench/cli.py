@@ -8,6 +8,9 @@ import sys
 
 # subcommand -> module providing register(subparsers). Order is the order shown in --help.
 COMMANDS = {
+    "data": "evilbench.data.cli",
+    "models": "evilbench.models.cli",
+    "train": "evilbench.train.cli",
 }
 
 
