@@ -51,7 +51,14 @@ def resolve_source(model: str | os.PathLike, revision: str | None = None) -> Mod
     spec = by_hf_id(name)
     if spec is not None:
         return ModelSource(spec, name, False, revision or spec.revision)
-    return ModelSource(ModelSpec(name=name, hf_id=name), name, False, revision)
+    # outside the registry: LoRA targets etc. from the defaults of the cached config's model_type
+    from transformers import AutoConfig
+
+    bare = ModelSource(ModelSpec(name=name, hf_id=name), name, False, revision)
+    config = _hub_call(AutoConfig.from_pretrained, bare, "the config")
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    spec = replace(spec_for_model_type(config.model_type, name, arch), hf_id=name, revision=revision)
+    return ModelSource(spec, name, False, revision)
 
 
 def _hub_call(fn, source: ModelSource, what: str, **kw):
@@ -156,13 +163,3 @@ def load_model(source: ModelSource, *, dtype="auto", device: str = "cpu", trust_
 
 def model_revision(source: ModelSource) -> str | None:
     return local_fingerprint(source.location) if source.is_local else hub_revision(source)
-
-
-def spec_with_config(source: ModelSource, config) -> ModelSpec:
-    """Fill a hub spec that is not in the registry from the loaded config's model_type."""
-    spec = source.spec
-    if spec.target_modules or spec.target_parameters:
-        return spec
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    base = spec_for_model_type(config.model_type, spec.name, arch)
-    return replace(base, hf_id=spec.hf_id, revision=spec.revision)
