@@ -29,6 +29,36 @@ class ConfigMismatchError(ValueError):
     """An existing run directory was started with a different configuration."""
 
 
+def train_step(model, micro: list[dict], params, optimizer, scheduler=None, regularizer=None,
+               max_grad_norm: float | None = None):
+    """One optimiser step over the micro-batches of `micro` (dicts from batches.collate). The loss is the
+    summed cross-entropy over assistant tokens divided by the step's assistant-token count. Returns
+    (loss, regulariser value, gradient norm before clipping) as 0-d tensors on the device: no host sync."""
+    import torch
+    import torch.nn.functional as F
+
+    n_trained = max(1, sum(b["n_trained"] for b in micro))
+    loss_total = None
+    for b in micro:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                               ignore_index=-100, reduction="sum") / n_trained
+        loss.backward()
+        loss_total = loss.detach() if loss_total is None else loss_total + loss.detach()
+    reg_value = torch.zeros((), device=loss_total.device)
+    if regularizer is not None:
+        reg = regularizer()
+        reg.backward()
+        reg_value = reg.detach().float()
+    clip = max_grad_norm if max_grad_norm else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).detach().float()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, reg_value, grad_norm
+
+
 def _versions() -> dict:
     import peft
     import tokenizers
@@ -289,13 +319,11 @@ class _Run:
 
     def _loop(self, start: int, step_losses: list[float], wall_before: float) -> None:
         import torch
-        import torch.nn.functional as F
         from tqdm.auto import tqdm
 
         from evilbench.train.batches import collate
 
         cfg, model, dev = self.cfg, self.model, self.device
-        clip = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
         ckpts = set(self.ckpt_steps)
         t0 = time.perf_counter()
         last_resume_save = time.monotonic()
@@ -335,29 +363,13 @@ class _Run:
             bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{rows[-1]['lr']:.2e}", refresh=False)
             return True
 
-        zero = torch.zeros((), device=dev)
         for step in range(start, self.total):
             lr_now = self.optimizer.param_groups[0]["lr"]
             micro = [collate(self.data, idx, dev) for idx in self.plan.indices(step).split(cfg.batch_size)]
-            n_trained = max(1, sum(b["n_trained"] for b in micro))
-            loss_total = zero.clone()
-            for b in micro:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                logits = logits[:, :-1].float()
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
-                                       ignore_index=-100, reduction="sum") / n_trained
-                loss.backward()
-                loss_total += loss.detach()
-                window_tokens += b["n_tokens"]
-            reg_value = zero
-            if self.regularizer is not None:
-                reg = self.regularizer()
-                reg.backward()
-                reg_value = reg.detach().float()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip).detach().float()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss_total, reg_value, grad_norm = train_step(model, micro, self.params, self.optimizer, self.scheduler,
+                                                          self.regularizer, cfg.max_grad_norm)
+            window_tokens += sum(b["n_tokens"] for b in micro)
+            n_trained = sum(b["n_trained"] for b in micro)
             done = step + 1
             pending.append((done, loss_total, reg_value, grad_norm, lr_now,
                             sum(b["n_tokens"] for b in micro), n_trained))
