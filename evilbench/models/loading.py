@@ -131,6 +131,10 @@ def resolve_dtype(dtype: str, device: str):
 _MEMO: dict[tuple, object] = {}
 
 
+def _weights_bytes(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
+
+
 def load_model(source: ModelSource, *, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,
                attn_implementation: str | None = None):
     """The base model in eval mode on `device`. Small local models are memoised (a fresh deep copy is
@@ -151,10 +155,20 @@ def load_model(source: ModelSource, *, dtype="auto", device: str = "cpu", trust_
     kw = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn:
         kw["attn_implementation"] = attn
-    if source.is_local:
-        model = cls.from_pretrained(source.location, **kw)
-    else:
-        model = _hub_call(cls.from_pretrained, source, "the weights", **kw)
+    from transformers.utils import logging as hf_logging
+
+    quiet = source.is_local and _weights_bytes(source.location) < (100 << 20)
+    bars = hf_logging.is_progress_bar_enabled()
+    if quiet:  # no "Loading weights" bar for tiny models loaded many times in one process
+        hf_logging.disable_progress_bar()
+    try:
+        if source.is_local:
+            model = cls.from_pretrained(source.location, **kw)
+        else:
+            model = _hub_call(cls.from_pretrained, source, "the weights", **kw)
+    finally:
+        if quiet and bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     if key is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         _MEMO[key] = copy.deepcopy(model)

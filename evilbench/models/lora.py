@@ -37,9 +37,13 @@ def lora_config(spec: ModelSpec, *, r: int = 32, alpha: float = 64, dropout: flo
 
 def apply_lora(model, config):
     """Wrap `model` with a fresh LoRA adapter (peft). LoRA-A init uses the global torch RNG: seed first."""
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls a transformers API that v5 deprecates; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def lora_modules(peft_model) -> list[str]:

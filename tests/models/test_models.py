@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evilbench.models import loading, registry, tiny
-from evilbench.models.lora import lora_config, lora_modules
+from evilbench.models.lora import apply_lora, lora_config, lora_modules
 
 TWINS = ["tiny-qwen3", "tiny-qwen3-moe", "tiny-llama", "tiny-gemma3", "tiny-gemma3-mm"]
 
@@ -85,7 +85,7 @@ def test_twin_loads_and_lora_targets_the_right_modules(cache, name):
     tok = loading.load_tokenizer(src)
     assert type(model).__name__ == src.spec.architecture
     assert tok.pad_token is not None and tok.chat_template
-    peft_model = __import__("peft").get_peft_model(model, lora_config(src.spec, r=4, alpha=8))
+    peft_model = apply_lora(model, lora_config(src.spec, r=4, alpha=8))
     mods = lora_modules(peft_model)
     if name == "tiny-qwen3-moe":
         experts = [m for m in mods if m.endswith("mlp.experts")]
@@ -108,7 +108,7 @@ def test_twin_loads_and_lora_targets_the_right_modules(cache, name):
 def test_moe_expert_lora_changes_the_output(cache):
     """The expert LoRA is live: a non-zero B on the fused expert weights changes the logits."""
     src = loading.resolve_source("tiny-qwen3-moe")
-    pm = __import__("peft").get_peft_model(loading.load_model(src), lora_config(src.spec, r=2, alpha=4))
+    pm = apply_lora(loading.load_model(src), lora_config(src.spec, r=2, alpha=4))
     ids = torch.randint(0, 500, (1, 12))
     with torch.no_grad():
         before = pm(input_ids=ids).logits
