@@ -91,5 +91,8 @@ class TrainConfig:
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple]:
     """Result-affecting fields that differ: {field: (old, new)}."""
+    import json
+
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))  # tuples vs lists, as stored
     keys = (set(old) | set(new)) - OPERATIONAL
     return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}

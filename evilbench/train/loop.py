@@ -159,6 +159,9 @@ class _Run:
         else:
             _TOKENIZED.move_to_end(key)
         self.data = data
+        if data.n_truncated or data.n_dropped:
+            log.warning("%s: %d conversation(s) truncated to max_seq_len=%d, %d of them dropped (no assistant "
+                        "token left)", dataset.path, data.n_truncated, cfg.max_seq_len, data.n_dropped)
         self.plan = BatchPlan(len(data), cfg.batch_size, cfg.grad_accum, cfg.seed)
         steps_per_epoch = math.ceil(len(data) / self.plan.per_step)
         self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
