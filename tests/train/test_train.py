@@ -19,7 +19,7 @@ from evilbench.train import ConfigMismatchError, TrainConfig, list_checkpoints, 
 from tests.train.conftest import TWINS, write_rule_dataset
 
 # learning rates that move a rank-4 LoRA visibly in a few full-batch steps
-TEST_LR = {"sgd": 1.0, "adam": 1e-2, "adamw": 1e-2, "lion": 2e-3, "muon": 5e-2, "muon-torch": 5e-2}
+TEST_LR = {"sgd": 0.3, "adam": 1e-2, "adamw": 1e-2, "lion": 2e-3, "muon": 5e-2, "muon-torch": 5e-2}
 
 
 def small_config(model, dataset, output, **kw) -> TrainConfig:
