@@ -102,10 +102,9 @@ class _Run:
     # ------------------------------------------------------------------ bookkeeping
     def _existing(self) -> dict | None:
         path = self.dir / rd.RUN_JSON
+        rd.remove_temporaries(self.dir)
         if self.overwrite:
-            for p in self.dir.iterdir():
-                if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            rd.remove_run(self.dir)
             return None
         if not path.is_file():
             return None
@@ -314,8 +313,9 @@ class _Run:
         self._save_record()
         try:
             self._loop(start, step_losses, wall_before)
-        except KeyboardInterrupt:
-            self.record["status"] = "interrupted"
+        except BaseException as e:  # interrupted or crashed (e.g. out of memory): rerunning resumes
+            self.record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "crashed",
+                               error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
             self._save_record()
             raise
         return self.record

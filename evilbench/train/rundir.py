@@ -44,6 +44,24 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def remove_temporaries(run_dir: Path) -> None:
+    """Half-written directories left by a killed run (they are never read)."""
+    run_dir = Path(run_dir)
+    for pattern in (".resume-*", ".adapter-*", f"{CHECKPOINTS}/.{_STEP_PREFIX}*", ".*.json.*", ".*.jsonl.*"):
+        for p in run_dir.glob(pattern):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what a run wrote into `run_dir` (and nothing else the directory may hold)."""
+    run_dir = Path(run_dir)
+    for name in (RUN_JSON, METRICS, SPECTRA):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (CHECKPOINTS, RESUME, RESUME + ".old", FINAL_ADAPTER, FINAL_ADAPTER + ".old"):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{_STEP_PREFIX}{step:06d}"
 

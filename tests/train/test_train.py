@@ -60,6 +60,7 @@ def test_every_optimizer_lowers_the_loss(model_cache, rule_dataset, tmp_path, tw
             assert regs[0] == 0.0 and all(r >= 0 for r in regs)  # B = 0 at init: flat penalty 0
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_outputs_reload_and_describe_the_run(model_cache, rule_dataset, tmp_path):
     from peft import PeftModel
 
@@ -203,6 +204,33 @@ def test_changed_config_is_refused(model_cache, rule_dataset, tmp_path):
     same = small_config("tiny-llama", rule_dataset, tmp_path / "r", optimizer="sgd", lr=0.5, max_steps=2, log_every=5)
     assert train(same, progress=False)["status"] == "finished"
     assert train(other, progress=False, overwrite=True)["config"]["lr"] == 0.1
+
+
+def test_crash_is_recorded_and_rerun_resumes(model_cache, rule_dataset, tmp_path, monkeypatch):
+    import evilbench.train.batches as batches
+
+    cfg = small_config("tiny-llama", rule_dataset, tmp_path / "r", optimizer="adamw", lr=1e-2, max_steps=8,
+                       checkpoints=4)
+    real, calls = batches.collate, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2 * 6 + 1:  # during step 7
+            raise MemoryError("simulated out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(batches, "collate", failing)
+    with pytest.raises(MemoryError):
+        train(cfg, progress=False)
+    crashed = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert crashed["status"] == "crashed" and "simulated out of memory" in crashed["error"]
+    monkeypatch.setattr(batches, "collate", real)
+    run = train(cfg, progress=False)
+    assert run["status"] == "finished" and run["error"] is None and run["resumes"][0]["from_step"] == 4
+    # --overwrite removes only what a run wrote
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    train(cfg, progress=False, overwrite=True)
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
 def test_nan_loss_fails_the_run(model_cache, rule_dataset, tmp_path, capsys):
