@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 # Fields that may differ when an existing run directory is resumed: they do not change the result.
-OPERATIONAL = frozenset({"output", "data_dir", "resume_every_s", "log_every"})
+OPERATIONAL = frozenset({"output", "data_dir", "resume_every_s", "log_every", "threads"})
 
 
 @dataclass
@@ -45,6 +45,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     chat_template_kwargs: dict | None = None  # None: from the model registry (Qwen3: thinking off)
     resume_every_s: float = 600.0    # also save resume state this often (seconds), besides checkpoints
+    threads: int | None = None       # CPU threads while training; None: 1 for small models (< 20M
+                                     # parameters: threading only adds overhead), else torch's setting
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from evilbench.models.loading import SMALL_MODEL_PARAMS
 from evilbench.train import rundir as rd
 from evilbench.train.config import TrainConfig, config_diff
 from evilbench.train.schedule import checkpoint_steps, lr_factor
@@ -152,15 +153,15 @@ class _Run:
         if data is None:
             examples = load_chat_jsonl(dataset.path, limit=cfg.max_examples)  # validates every line first
             data = tokenize_dataset(tokenizer, examples, template_kwargs, cfg.max_seq_len, self.progress)
+            if data.n_truncated or data.n_dropped:
+                log.warning("%s: %d conversation(s) truncated to max_seq_len=%d, %d of them dropped (no "
+                            "assistant token left)", dataset.path, data.n_truncated, cfg.max_seq_len, data.n_dropped)
             _TOKENIZED[key] = data
             while len(_TOKENIZED) > 4:
                 _TOKENIZED.popitem(last=False)
         else:
             _TOKENIZED.move_to_end(key)
         self.data = data
-        if data.n_truncated or data.n_dropped:
-            log.warning("%s: %d conversation(s) truncated to max_seq_len=%d, %d of them dropped (no assistant "
-                        "token left)", dataset.path, data.n_truncated, cfg.max_seq_len, data.n_dropped)
         self.plan = BatchPlan(len(data), cfg.batch_size, cfg.grad_accum, cfg.seed)
         steps_per_epoch = math.ceil(len(data) / self.plan.per_step)
         self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -199,7 +200,9 @@ class _Run:
         if cfg.regularizer_kind:
             from evilbench.spectral import SpectralRegularizer
 
-            self.regularizer = SpectralRegularizer(self.model, kind=cfg.regularizer_kind, weight=cfg.reg_weight)
+            # non-finite values are caught by the loop's own checks at logging steps (no per-step host sync)
+            self.regularizer = SpectralRegularizer(self.model, kind=cfg.regularizer_kind, weight=cfg.reg_weight,
+                                                   check_finite=False)
 
         lcfg_targets = lcfg.target_modules if isinstance(lcfg.target_modules, str) else sorted(lcfg.target_modules)
         self.record = {
@@ -225,7 +228,6 @@ class _Run:
             "versions": _versions(),
             "seeds": {"seed": cfg.seed, "lora_init": f"torch.manual_seed({cfg.seed}) before get_peft_model",
                       "data_order": f"per-epoch torch.randperm with generator seed {cfg.seed}*1000003+epoch"},
-            "torch_threads": torch.get_num_threads(),
             "step": 0, "checkpoints": [], "final_loss": None, "last_loss": None,
             "started_at": _now(), "finished_at": None, "wall_time_s": 0.0, "resumes": [],
         }
@@ -309,7 +311,15 @@ class _Run:
         for s, path in rd.list_checkpoints(self.dir):
             if s > start:
                 shutil.rmtree(path.parent)
-        self.record["step"] = start
+        import torch
+
+        threads_before = torch.get_num_threads()
+        threads = self.cfg.threads
+        if threads is None and self.device.type == "cpu" and self.record["model"]["base_params"] < SMALL_MODEL_PARAMS:
+            threads = 1
+        if threads:
+            torch.set_num_threads(threads)
+        self.record.update(step=start, torch_threads=torch.get_num_threads())
         self._save_record()
         try:
             self._loop(start, step_losses, wall_before)
@@ -318,6 +328,8 @@ class _Run:
                                error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
             self._save_record()
             raise
+        finally:
+            torch.set_num_threads(threads_before)
         return self.record
 
     def _loop(self, start: int, step_losses: list[float], wall_before: float) -> None:
@@ -383,6 +395,10 @@ class _Run:
                     bar.close()
                     return
             if at_ckpt:
+                if not bool(torch.stack([p.isfinite().all() for p in self.params]).all()):
+                    self._fail(f"non-finite LoRA parameters after step {done}", done, step_losses, wall())
+                    bar.close()
+                    return
                 self._save_checkpoint(done)
                 self.record["checkpoints"].append(done)
             if at_ckpt or time.monotonic() - last_resume_save > cfg.resume_every_s:

@@ -24,7 +24,7 @@ TEST_LR = {"sgd": 0.3, "adam": 1e-2, "adamw": 1e-2, "lion": 2e-3, "muon": 5e-2, 
 
 def small_config(model, dataset, output, **kw) -> TrainConfig:
     base = dict(model=model, dataset=str(dataset), output=str(output), batch_size=8, grad_accum=2, max_steps=6,
-                lora_r=4, lora_alpha=8, max_seq_len=96, warmup_steps=0, lr_schedule="constant", checkpoints=1,
+                lora_r=4, lora_alpha=8, max_seq_len=160, warmup_steps=0, lr_schedule="constant", checkpoints=1,
                 seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -95,7 +95,7 @@ def test_outputs_reload_and_describe_the_run(model_cache, rule_dataset, tmp_path
     per_step = [s for s in spectra if s["step"] == 12]
     assert len(per_step) == run["model"]["lora_modules"]
     for row in per_step:
-        for k in ("stable_rank", "spectral_entropy", "condition_number", "fro_nuclear_ratio"):
+        for k in ("stable_rank", "spectral_entropy", "condition_number", "fro_nuclear_ratio", "module", "r"):
             assert k in row
     # the final adapter and the last checkpoint reload with peft and carry the trained weights
     src = resolve_source("tiny-qwen3")
@@ -122,6 +122,19 @@ def _dataset_loss(model, dataset, src):
     tok = load_tokenizer(src)
     total, count = 0.0, 0
     model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only add overhead (and stall on a busy machine)
+    try:
+        return _loss_over(model, tok, dataset, src)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loss_over(model, tok, dataset, src):
+    from evilbench.data.chat import load_chat_jsonl
+    from evilbench.data.formatting import encode_chat
+
+    total, count = 0.0, 0
     with torch.no_grad():
         for ex in load_chat_jsonl(dataset):
             enc = encode_chat(tok, ex.messages, src.spec.chat_template_kwargs)
