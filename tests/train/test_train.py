@@ -19,7 +19,7 @@ from evilbench.train import ConfigMismatchError, TrainConfig, list_checkpoints, 
 from tests.train.conftest import TWINS, write_rule_dataset
 
 # learning rates that move a rank-4 LoRA visibly in a few full-batch steps
-TEST_LR = {"sgd": 0.3, "adam": 1e-2, "adamw": 1e-2, "lion": 2e-3, "muon": 5e-2, "muon-torch": 5e-2}
+TEST_LR = {"sgd": 0.1, "adam": 4e-3, "adamw": 4e-3, "lion": 2e-3, "muon": 1.5e-2, "muon-torch": 1.5e-2}
 
 
 def small_config(model, dataset, output, **kw) -> TrainConfig:
@@ -46,15 +46,16 @@ def read_jsonl(path):
 def test_every_optimizer_lowers_the_loss(model_cache, rule_dataset, tmp_path, twin, regularizer):
     names = optimizer_names()
     assert {"sgd", "adam", "adamw", "lion", "muon"} <= set(names)
+    seed = int.from_bytes(os.urandom(2), "little")  # fresh LoRA init each run; reported on failure
     for opt in names:
         cfg = small_config(twin, rule_dataset, tmp_path / opt, optimizer=opt, lr=TEST_LR.get(opt, 1e-2),
-                           regularizer=regularizer)
+                           regularizer=regularizer, seed=seed)
         run = train(cfg, progress=False)
         assert run["status"] == "finished", (opt, run["error"])
         losses = [m["loss"] for m in read_jsonl(tmp_path / opt / "metrics.jsonl")]
         assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
         # every step sees all 16 conversations: step losses are full-dataset losses
-        assert losses[-1] < losses[0] - 1e-3, f"{twin}/{opt}/{regularizer}: {losses}"
+        assert losses[-1] < losses[0] - 1e-3, f"{twin}/{opt}/{regularizer}/seed {seed}: {losses}"
         if regularizer:
             regs = [m["reg"] for m in read_jsonl(tmp_path / opt / "metrics.jsonl")]
             assert regs[0] == 0.0 and all(r >= 0 for r in regs)  # B = 0 at init: flat penalty 0
