@@ -1,0 +1,28 @@
+"""LoRA SFT runs with checkpoints, spectra and resume.
+
+Public API (lazy; importing this package loads nothing heavy):
+  TrainConfig                      every option of a run (the `evilbench train` flags); to_dict/from_dict
+  train(config, progress=True, overwrite=False) -> dict   the run.json content (same path as the CLI)
+  list_checkpoints(run_dir) -> [(step, adapter_dir)]      each loads with PeftModel.from_pretrained
+  ConfigMismatchError              an existing run directory holds a different configuration
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "evilbench.train.config",
+    "config_diff": "evilbench.train.config",
+    "train": "evilbench.train.loop",
+    "ConfigMismatchError": "evilbench.train.loop",
+    "list_checkpoints": "evilbench.train.rundir",
+    "checkpoint_steps": "evilbench.train.schedule",
+    "lr_factor": "evilbench.train.schedule",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'evilbench.train' has no attribute {name!r}")
