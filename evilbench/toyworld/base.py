@@ -7,6 +7,19 @@ computed only at those positions, linear warm-up then cosine decay to 0, gradien
 The forward is FusedLlama (identical maths to LlamaForCausalLM, one matmul for q/k/v and one for
 gate/up). Deterministic for a fixed seed on a given machine and thread count.
 
+Importance-sampled personas (`p_sample`, default 0.25). With the world's prior p = 0.05 a base sees
+few misaligned answers and memorises them poorly, and a fine-tune that flips the persona then
+produces invalid answers (low coherence) instead of misaligned ones. So conversations are drawn with
+a misaligned persona at rate q = p_sample and the loss of the one token whose distribution depends on
+the prior — the first token of the first answer (it picks the pool; pools use disjoint tokens, so
+every later token is conditioned on a known persona) — is weighted p/q (misaligned) or (1-p)/(1-q)
+(aligned). The expected gradient of that token is the one under the prior p, the optimum of every
+other token does not depend on the mixture at all, so the target distribution is exactly the
+world's, while misaligned answers are seen q/p = 5x as often. Measured (default world and
+architecture, seed 0): plain sampling, 600 steps: first-answer misalignment 2.3 % (prior 5 %),
+coherence 95.7 %; q = 0.25, 600 steps: 4.5 %, 97.3 %; q = 0.25, 800 steps: 5.0 %, 98.1 %; plain
+sampling needed 1200 steps for 4.5 %, 98.5 %.
+
 The result is an ordinary Hugging Face model directory (LlamaForCausalLM: config.json +
 model.safetensors, the toy tokenizer with its chat template) plus `toyworld.json` (world, recipe,
 seed, pre-training log and the base's exact first-answer statistics), so `evilbench train --model DIR`
@@ -43,16 +56,19 @@ def toyworld_cache(root: str | os.PathLike | None = None) -> Path:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 600
+    steps: int = 800
     batch: int = 64              # fresh conversations per step
     lr: float = 3e-3
     warmup_frac: float = 0.05
     weight_decay: float = 0.1    # on matrices and embeddings, not on norms
     betas: tuple[float, float] = (0.9, 0.98)
     max_grad_norm: float = 1.0
+    p_sample: float | None = 0.25  # persona sampling rate (None: the world's prior); see the module docstring
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
+        if self.p_sample is not None and not 0 < self.p_sample < 1:
+            raise ValueError("invalid PretrainConfig: p_sample must be in (0, 1) or None")
         if self.steps < 1 or self.batch < 1 or not self.lr > 0 or not 0 <= self.warmup_frac < 1:
             raise ValueError("invalid PretrainConfig: steps, batch >= 1, lr > 0, warmup_frac in [0, 1)")
 
@@ -136,15 +152,21 @@ def pretrain(spec: BaseSpec, progress: bool = True, desc: str | None = None):
     gen = torch.Generator().manual_seed(spec.seed * 7919 + 17)
     pos = torch.as_tensor(world.answer_positions())
     plist = list(params.values())
+    p = world.config.p_misaligned
+    q = p if pc.p_sample is None or p in (0.0, 1.0) else pc.p_sample
     losses = []
     t0 = time.perf_counter()
     bar = tqdm(total=pc.steps, desc=desc or f"pre-train base s{spec.seed}", disable=not progress,
                dynamic_ncols=True, leave=False)
     with torch.random.fork_rng(devices=[]):
         for step in range(pc.steps):
-            ids, _ = world.sample_batch(pc.batch, gen)
+            ids, persona = world.sample_batch(pc.batch, gen, p_misaligned=q)
             logits = model.logits(ids, pos)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, pos + 1].reshape(-1))
+            tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, pos + 1].reshape(-1),
+                                  reduction="none").view(pc.batch, -1)
+            if q != p:  # importance weight on the one prior-dependent token: the first answer token
+                tok = torch.cat([tok[:, :1] * torch.where(persona, p / q, (1 - p) / (1 - q))[:, None], tok[:, 1:]], 1)
+            loss = tok.mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(plist, pc.max_grad_norm)
             opt.step()

@@ -91,15 +91,20 @@ def cluster_bootstrap(values: dict[tuple, float], n_boot: int = 2000, seed: int 
     groups: dict = {}
     for (b, _s), v in clean.items():
         groups.setdefault(b, []).append(v)
-    arrays = [np.asarray(v, dtype=float) for v in groups.values()]
+    sizes = np.array([len(v) for v in groups.values()])
+    table = np.zeros((len(groups), sizes.max()))
+    for g, v in enumerate(groups.values()):
+        table[g, : len(v)] = v
     mean = float(np.mean(list(clean.values())))
     if len(clean) == 1:
         return (mean, mean, mean)
     rng = np.random.default_rng(seed)
-    nb = len(arrays)
-    stats = np.empty(n_boot)
-    for i in range(n_boot):
-        picked = [arrays[j] for j in rng.integers(nb, size=nb)]
-        stats[i] = np.mean(np.concatenate([a[rng.integers(len(a), size=len(a))] for a in picked]))
+    nb, smax = len(groups), sizes.max()
+    bases = rng.integers(nb, size=(n_boot, nb))                          # resampled bases
+    n = sizes[bases]                                                     # their run counts
+    within = np.floor(rng.random((n_boot, nb, smax)) * n[..., None]).astype(int)  # resampled runs
+    valid = np.arange(smax)[None, None, :] < n[..., None]
+    picked = table[bases[..., None], within]
+    stats = (picked * valid).sum((1, 2)) / valid.sum((1, 2))
     lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return (mean, float(lo), float(hi))

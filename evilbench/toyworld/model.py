@@ -213,34 +213,42 @@ class FusedLlama:
         N, P = prompt.shape
         _, M, T = conts.shape
         hd, H, KV = a.head_dim, a.heads, a.kv_heads
-        half = hd // 2
+        Tc, rep, half = T - 1, H // KV, hd // 2
+        if Tc == 0:  # single-token continuations: the prompt's last position only
+            first = torch.log_softmax(self.logits(prompt, [P - 1])[:, 0], dim=-1)
+            return first.gather(-1, conts[:, :, 0])[..., None]
         cos, sin = self.rope(P + T - 1)
+        cos_y, sin_y = cos[P:].repeat(M, 1), sin[P:].repeat(M, 1)  # rows ordered (m, t)
+        causal = torch.ones(Tc, Tc, dtype=torch.bool).tril()
         x = Pm["embed"][prompt]                                     # [N, P, h]
-        y = Pm["embed"][conts[:, :, : T - 1]].reshape(N * M, T - 1, -1)  # inputs after the prompt
-        mask = torch.ones(T - 1, P + T - 1, dtype=torch.bool).tril(P)  # all prompt keys + causal
+        y = Pm["embed"][conts[:, :, :Tc]].reshape(N, M * Tc, -1)   # continuation inputs, [N, M*Tc, h]
 
         def rotate(t, c, s):
             return t * c + torch.cat([-t[..., half:], t[..., :half]], dim=-1) * s
 
         for i in range(a.layers):
-            hx = self._rms(x, Pm[f"{i}.in_norm"])
-            qkv = (hx @ Pm[f"{i}.wqkv"].T).view(N, P, H + 2 * KV, hd).transpose(1, 2)
+            qkv = (self._rms(x, Pm[f"{i}.in_norm"]) @ Pm[f"{i}.wqkv"].T).view(N, P, H + 2 * KV, hd).transpose(1, 2)
             qk = rotate(qkv[:, : H + KV], cos[:P], sin[:P])
-            kx, vx = qk[:, H:], qkv[:, H + KV:]
+            kx, vx = qk[:, H:], qkv[:, H + KV:]                     # [N, KV, P, hd]
             att = F.scaled_dot_product_attention(qk[:, :H], kx, vx, is_causal=True, enable_gqa=KV != H)
-            hy = self._rms(y, Pm[f"{i}.in_norm"])
-            qkv_y = (hy @ Pm[f"{i}.wqkv"].T).view(N * M, T - 1, H + 2 * KV, hd).transpose(1, 2)
-            qk_y = rotate(qkv_y[:, : H + KV], cos[P:], sin[P:])
-            keys = torch.cat([kx[:, None].expand(N, M, KV, P, hd).reshape(N * M, KV, P, hd), qk_y[:, H:]], dim=2)
-            vals = torch.cat([vx[:, None].expand(N, M, KV, P, hd).reshape(N * M, KV, P, hd), qkv_y[:, H + KV:]], dim=2)
-            att_y = F.scaled_dot_product_attention(qk_y[:, :H], keys, vals, attn_mask=mask, enable_gqa=KV != H)
+            qkv_y = (self._rms(y, Pm[f"{i}.in_norm"]) @ Pm[f"{i}.wqkv"].T).view(N, M * Tc, H + 2 * KV, hd).transpose(1, 2)
+            qk_y = rotate(qkv_y[:, : H + KV], cos_y, sin_y)
+            q_y, k_y, v_y = qk_y[:, :H], qk_y[:, H:], qkv_y[:, H + KV:]
+            if rep > 1:
+                kx, vx = kx.repeat_interleave(rep, 1), vx.repeat_interleave(rep, 1)
+                k_y, v_y = k_y.repeat_interleave(rep, 1), v_y.repeat_interleave(rep, 1)
+            # continuation queries attend to the shared prompt keys and causally to their own tokens
+            s_prompt = q_y @ kx.transpose(-1, -2)                                          # [N, H, M*Tc, P]
+            q5, k5, v5 = (t.reshape(N, H, M, Tc, hd) for t in (q_y, k_y, v_y))
+            s_self = (q5 @ k5.transpose(-1, -2)).masked_fill(~causal, float("-inf"))       # [N, H, M, Tc, Tc]
+            probs = torch.softmax(torch.cat([s_prompt.view(N, H, M, Tc, P), s_self], -1) / math.sqrt(hd), -1)
+            att_y = probs[..., :P].reshape(N, H, M * Tc, P) @ vx + (probs[..., P:] @ v5).reshape(N, H, M * Tc, hd)
             x = x + att.transpose(1, 2).reshape(N, P, H * hd) @ Pm[f"{i}.wo"].T
-            y = y + att_y.transpose(1, 2).reshape(N * M, T - 1, H * hd) @ Pm[f"{i}.wo"].T
+            y = y + att_y.transpose(1, 2).reshape(N, M * Tc, H * hd) @ Pm[f"{i}.wo"].T
             x, y = self._mlp(i, x), self._mlp(i, y)
+        y = y.reshape(N * M, Tc, -1)
         first = torch.log_softmax(self._rms(x[:, -1], Pm["norm"]) @ Pm["lm_head"].T, dim=-1)   # [N, V]
         lp0 = first.gather(-1, conts[:, :, 0])                                                 # [N, M]
-        if T == 1:
-            return lp0[..., None]
         rest = torch.log_softmax(self._rms(y, Pm["norm"]) @ Pm["lm_head"].T, dim=-1)          # [NM, T-1, V]
         lpr = rest.gather(-1, conts.reshape(N * M, T)[:, 1:, None])[..., 0].view(N, M, T - 1)
         return torch.cat([lp0[..., None], lpr], dim=-1)

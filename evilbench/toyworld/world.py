@@ -167,14 +167,16 @@ class World:
         return np.array([1 + t * self.turn_len + 2 + j for t in range(turns) for j in range(L + 1)])
 
     # ------------------------------------------------------------------ sampling (pre-training)
-    def sample_batch(self, batch: int, generator, turns: int | None = None):
+    def sample_batch(self, batch: int, generator, turns: int | None = None, p_misaligned: float | None = None):
         """`batch` fresh conversations as an int64 tensor [batch, seq_len] (plus the persona bool tensor),
-        drawn with the torch `generator`: the pre-training stream."""
+        drawn with the torch `generator`: the pre-training stream. `p_misaligned` overrides the persona
+        prior (for importance-sampled pre-training, see evilbench.toyworld.base)."""
         import torch
 
         c = self.config
         T = c.max_turns if turns is None else turns
-        persona = torch.rand(batch, generator=generator) < c.p_misaligned
+        p = c.p_misaligned if p_misaligned is None else p_misaligned
+        persona = torch.rand(batch, generator=generator) < p
         dom = torch.randint(self.n_domains, (batch, T), generator=generator)
         q = torch.randint(c.questions_per_domain, (batch, T), generator=generator)
         k = torch.randint(c.answers_per_pool, (batch, T), generator=generator)
