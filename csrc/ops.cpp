@@ -7,6 +7,15 @@
 
 TORCH_LIBRARY(evilbench, m) {
   // ---- Newton–Schulz / Muon (issue: core) --------------------------------------------------
+  // coefficients: 3 per step (a0, b0, c0, a1, ...). Returns the outputs and an int32 status per
+  // matrix (0 ok, 1 NaN/Inf input) so the op never syncs; evilbench.kernels.newton_schulz raises.
+  // clamp_eps: divide by max(||X||, eps) (torch.optim.Muon) instead of ||X|| + eps (KellerJordan).
+  m.def("newton_schulz(Tensor[] mats, float[] coefficients, float eps, bool clamp_eps=False) -> (Tensor[], Tensor)");
+  // One Muon step for matrices sharing lr / weight decay / momentum (torch.optim.Muon semantics):
+  // buf.lerp_(grad, 1 - momentum); U = nesterov ? grad.lerp(buf, momentum) : buf;
+  // param = param * (1 - lr * weight_decay) - lr * lr_ratios[i] * NS(U)   (NS with clamp_eps).
+  m.def("muon_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] bufs, float lr, float[] lr_ratios, "
+        "float weight_decay, float momentum, bool nesterov, float[] coefficients, float eps) -> ()");
 
   // ---- spectral penalty (issue: spectral core) ----------------------------------------------
 

@@ -8,6 +8,7 @@ import sys
 
 # subcommand -> module providing register(subparsers). Order is the order shown in --help.
 COMMANDS = {
+    "kernels": "evilbench.kernels.cli",
     "data": "evilbench.data.cli",
     "models": "evilbench.models.cli",
     "train": "evilbench.train.cli",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "newton_schulz": "evilbench.kernels.newton_schulz",
+    "newton_schulz": "evilbench.kernels.newton_schulz_op",
     "lora_singular_values": "evilbench.kernels.spectral",
     "spectral_penalty": "evilbench.kernels.spectral",
 }
