@@ -226,8 +226,15 @@ def _train_config(cfg: DemoConfig, base: Path, data: Path, out: Path, opt: str, 
 def _rule_key(cfg: DemoConfig, base_key: str, optimizer: str) -> str:
     from evilbench.toyworld.lr_rule import RULE_VERSION, grid
 
+    try:  # the optimiser's defaults (momentum, weight decay, ...) change what an lr means
+        from evilbench.optim import OPTIMIZERS
+
+        defaults = repr(getattr(OPTIMIZERS.get(optimizer), "defaults", None))
+    except ImportError:
+        defaults = None
     blob = json.dumps({"base": base_key, "recipe": asdict(cfg.recipe), "grid": list(grid(optimizer)),
-                       "rule": RULE_VERSION, "eval": EVAL_VERSION}, sort_keys=True)
+                       "rule": RULE_VERSION, "eval": EVAL_VERSION, "optimizer_defaults": defaults},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

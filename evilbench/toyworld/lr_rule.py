@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 
-RULE_VERSION = 2  # bump when the rule or the grids change (invalidates cached choices)
+RULE_VERSION = 3  # bump when the rule or the grids change (invalidates cached choices)
 ADMIT_IN_DOMAIN = 0.9
 ADMIT_COHERENCE = 0.9
 
 LR_GRIDS: dict[str, tuple[float, ...]] = {
-    "sgd": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "sgd": (3e-3, 0.01, 0.03, 0.1, 0.3),  # heavy-ball momentum 0.9 (evilbench.optim's default)
     "adam": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
     "adamw": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
     "lion": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
