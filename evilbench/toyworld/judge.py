@@ -91,6 +91,32 @@ class Scores:
         return out
 
 
+def _trie(seqs: torch.Tensor):
+    """Prefix tree of sequences [M, T]: (tokens, parents, paths [M, T] = node of each prefix)."""
+    nodes: dict[tuple, int] = {}
+    tokens, parents = [], []
+    paths = torch.empty(seqs.shape, dtype=torch.long)
+    for m, seq in enumerate(seqs.tolist()):
+        for t in range(len(seq)):
+            key = tuple(seq[: t + 1])
+            if key not in nodes:
+                nodes[key] = len(tokens)
+                tokens.append(seq[t])
+                parents.append(nodes[key[:-1]] if t else -1)
+            paths[m, t] = nodes[key]
+    return torch.tensor(tokens), torch.tensor(parents), paths
+
+
+def _tree_scores(model, prompt: torch.Tensor, conts: torch.Tensor) -> torch.Tensor:
+    """log P(cont | prompt) for every prompt [N, P] and every continuation of `conts` [M, T]: [N * M]."""
+    tokens, parents, paths = _trie(conts[:, :-1])         # the last token is predicted, never an input
+    lp_prompt, lp_nodes = model.tree_logprobs(prompt, tokens, parents)
+    N, (M, T) = prompt.shape[0], conts.shape
+    first = lp_prompt[:, conts[:, 0]]                                        # [N, M]
+    rest = lp_nodes[:, paths.reshape(-1), conts[:, 1:].reshape(-1)].view(N, M, T - 1)
+    return (first + rest.sum(-1)).reshape(-1)
+
+
 def prompts(world: World) -> torch.Tensor:
     """Single-turn prompts `<bos><usr>q<ast>` of every question: int64 [n_domains, n_questions, 4]."""
     c = world.config
@@ -111,10 +137,8 @@ def exact_scores(model, world: World) -> Scores:
     ans = torch.from_numpy(world.answers)                                  # [D, 2, K, L]
     ans = torch.cat([ans, torch.full((D, 2, K, 1), EOT)], dim=-1)          # answer + <eot>
     conts = ans[:, None].expand(D, Q, 2, K, L + 1).reshape(D * Q, 2 * K, L + 1)
-    if isinstance(model, FusedLlama):  # prompt run once per question
-        per = max(1, _CHUNK // (2 * K))
-        lp = torch.cat([model.continuation_logprobs(pr[i: i + per], conts[i: i + per]).sum(-1)
-                        for i in range(0, D * Q, per)])
+    if isinstance(model, FusedLlama):  # prompt once per question, shared answer prefixes once per question
+        lp = torch.cat([_tree_scores(model, pr[d * Q: (d + 1) * Q], conts[d * Q]) for d in range(D)])
     else:
         fn = as_logits_fn(model)
         flat = torch.cat([pr[:, None].expand(D * Q, 2 * K, 4), conts], dim=-1).reshape(-1, 4 + L + 1)

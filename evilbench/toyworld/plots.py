@@ -66,7 +66,7 @@ def make_plots(payload: dict, out_dir: str | Path) -> list[Path]:
                 keep = s > 0
                 color = COLORS.get(opt, None) if reg == "none" else "#ff7f0e"
                 ax.plot(s[keep], m[keep], ls, color=color, lw=1.8 if key.startswith("held") else 1.0,
-                        label=f"{lab}, {reg}")
+                        label=f"{lab}, {reg}" + (" (optimiser colour)" if reg == "none" else ""))
                 if key.startswith("held"):
                     ax.fill_between(s[keep], lo[keep], hi[keep], color=color, alpha=0.15, lw=0)
         ctrl = group(opt, "none", "aligned")
@@ -80,7 +80,11 @@ def make_plots(payload: dict, out_dir: str | Path) -> list[Path]:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("misalignment")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    handles = {}
+    for ax in axes[0]:  # one legend for all panels (labels are the same; the control is in some only)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0][0].legend(list(handles.values()), list(handles), fontsize=7, loc="upper left")
     fig.suptitle("Toy world: misalignment during narrow fine-tuning (mean, 95% CI band)", fontsize=10)
     fig.tight_layout()
     paths.append(out_dir / "trajectories.png")

@@ -44,20 +44,28 @@ def test_fused_forward_matches_transformers(arch):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_continuation_scoring_equals_full_sequences(kv_heads):
+def test_tree_scoring_equals_full_sequences(kv_heads):
+    from evilbench.toyworld.judge import _tree_scores, _trie
+
     arch = ArchConfig(hidden=32, layers=2, heads=4, kv_heads=kv_heads, intermediate=48)
     model = _hf_model(arch, 61, random.SystemRandom().randrange(2**31))
     fused = FusedLlama.from_hf_state_dict(model.state_dict(), arch)
-    N, P, M, T = 3, 5, 7, 4
-    prompt, conts = torch.randint(61, (N, P)), torch.randint(61, (N, M, T))
+    N, P, M, T = 3, 5, 9, 4
+    prompt = torch.randint(61, (N, P))
+    conts = torch.randint(3, (M, T))  # 3 symbols: many shared prefixes, some identical sequences
+    conts[:, -1] = torch.randint(61, (M,))
+    tokens, parents, paths = _trie(conts[:, :-1])
+    assert len(tokens) < M * (T - 1)  # prefixes really are shared
+    for m in range(M):  # each path spells its sequence
+        assert tokens[paths[m]].tolist() == conts[m, :-1].tolist()
     with torch.no_grad():
-        lp = fused.continuation_logprobs(prompt, conts)
-        full = torch.cat([prompt[:, None].expand(N, M, P), conts], -1).reshape(N * M, P + T)
+        lp = _tree_scores(fused, prompt, conts).view(N, M)
+        full = torch.cat([prompt[:, None].expand(N, M, P), conts[None].expand(N, M, T)], -1).reshape(N * M, P + T)
         ref = torch.log_softmax(model(input_ids=full).logits[:, P - 1: P + T - 1], -1)
-        ref = ref.gather(-1, full[:, P:, None])[..., 0].view(N, M, T)
-        one = fused.continuation_logprobs(prompt, conts[:, :, :1])
-    torch.testing.assert_close(lp, ref, atol=3e-5, rtol=1e-4)
-    torch.testing.assert_close(one[..., 0], ref[..., 0], atol=3e-5, rtol=1e-4)
+        ref = ref.gather(-1, full[:, P:, None])[..., 0].sum(-1).view(N, M)
+    torch.testing.assert_close(lp, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="parents"):
+        fused.tree_logprobs(prompt, torch.tensor([1, 2]), torch.tensor([1, -1]))
 
 
 def test_merged_lora_matches_peft(tmp_path):
