@@ -32,6 +32,8 @@ def _demo(args) -> int:
     if args.lr:
         over["lrs"] = dict(args.lr)
     cfg = replace(cfg, **over)
+    if args.controls is None:  # the default control optimiser only where it is part of the grid
+        cfg = replace(cfg, controls=tuple(c for c in cfg.controls if c in cfg.optimizers))
     if args.steps is not None:
         cfg = replace(cfg, recipe=replace(cfg.recipe, steps=args.steps))
     try:
@@ -125,7 +127,7 @@ def register(subparsers) -> None:
     d.add_argument("--controls", type=_csv, default=None, help="optimisers with aligned-control runs (default adam)")
     d.add_argument("--lr", type=_lr, action="append", default=[], metavar="OPT=LR",
                    help="fix an optimiser's lr instead of applying the lr rule (repeatable)")
-    d.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 100)")
+    d.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 80)")
     d.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: CPU cores)")
     d.add_argument("--quick", action="store_true", help="1 base, 1 seed (smoke test; no meaningful CIs)")
     d.add_argument("--recalibrate", action="store_true", help="rerun the lr-rule sweep even if its result is cached")
