@@ -12,6 +12,7 @@ COMMANDS = {
     "data": "evilbench.data.cli",
     "models": "evilbench.models.cli",
     "train": "evilbench.train.cli",
+    "toyworld": "evilbench.toyworld.cli",
 }
 
 

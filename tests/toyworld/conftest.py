@@ -1,0 +1,69 @@
+"""Toy-world fixtures: a small fast world and base model, pre-trained once per session into a private
+cache (a few seconds on 2 cores), and helpers to fine-tune it through the training engine."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from evilbench.toyworld.base import BaseSpec, PretrainConfig
+from evilbench.toyworld.model import ArchConfig
+from evilbench.toyworld.world import WorldConfig
+
+# Small enough to pre-train in seconds, large enough for the persona feature and EM to appear.
+SMALL_WORLD = WorldConfig(domains=("code", "medical", "finance", "chat"), questions_per_domain=6,
+                          answers_per_pool=6, answer_len=2, answer_vocab=4, p_misaligned=0.05, max_turns=3, seed=7)
+SMALL_ARCH = ArchConfig(hidden=32, layers=2, heads=2, kv_heads=2, intermediate=64)
+SMALL_PRETRAIN = PretrainConfig(steps=400, batch=64, lr=5e-3)
+SMALL_SPEC = BaseSpec(world=SMALL_WORLD, arch=SMALL_ARCH, pretrain=SMALL_PRETRAIN, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evilbench-cache")
+    old = os.environ.get("EVILBENCH_CACHE")
+    os.environ["EVILBENCH_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("EVILBENCH_CACHE", None)
+    else:
+        os.environ["EVILBENCH_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The toy models are tiny: intra-op threads only add contention (and spin) on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_base(toy_cache):
+    """The small base model directory (HF format), built once per session."""
+    import torch
+
+    from evilbench.toyworld.base import ensure_base
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the model is tiny: intra-op threads only add contention on a busy machine
+    try:
+        return ensure_base(SMALL_SPEC, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_spec():
+    return SMALL_SPEC
+
+
+@pytest.fixture
+def engine():
+    """Skip cleanly where the training engine or its optimiser registry is not importable."""
+    pytest.importorskip("evilbench.train")
+    pytest.importorskip("evilbench.optim")
+    pytest.importorskip("evilbench.spectral")
