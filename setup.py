@@ -31,7 +31,7 @@ def _want_cuda() -> bool:
 def _extension():
     cuda = _want_cuda()
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers use C++20 (bit-field initialisers)
     if os.environ.get("EVILBENCH_NATIVE") == "1":
         cxx.append("-march=native")
     if not cuda:
