@@ -9,6 +9,7 @@ logits only at the requested positions. tests/toyworld checks it against LlamaFo
 peft-wrapped models (LoRA merged with `merge_lora`)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -219,15 +220,7 @@ class FusedLlama:
         n = tokens.shape[0]
         hd, H, KV = a.head_dim, a.heads, a.kv_heads
         half = hd // 2
-        anc = torch.zeros(n, n, dtype=torch.bool)
-        depth = torch.zeros(n, dtype=torch.long)
-        for i, par in enumerate(parent.tolist()):
-            if par >= i:
-                raise ValueError("tree parents must come before their children")
-            if par >= 0:
-                anc[i] = anc[par]
-                depth[i] = depth[par] + 1
-            anc[i, i] = True
+        anc, depth = _tree_structure(tuple(parent.tolist()))
         mask = torch.cat([torch.ones(n, P, dtype=torch.bool), anc], dim=1)
         cos, sin = self.rope(P + int(depth.max()) + 1)
         cos_y, sin_y = cos[P + depth], sin[P + depth]
@@ -252,6 +245,23 @@ class FusedLlama:
         lp_prompt = torch.log_softmax(self._rms(x[:, -1], Pm["norm"]) @ Pm["lm_head"].T, dim=-1)
         lp_nodes = torch.log_softmax(self._rms(y, Pm["norm"]) @ Pm["lm_head"].T, dim=-1)
         return lp_prompt, lp_nodes
+
+
+@functools.lru_cache(maxsize=64)
+def _tree_structure(parent: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ancestor-or-self mask [n, n], depth [n]) of a token tree; cached because the judge scores the
+    same answer trees at every checkpoint and the row-by-row build is Python-bound."""
+    n = len(parent)
+    anc = torch.zeros(n, n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i, par in enumerate(parent):
+        if par >= i:
+            raise ValueError("tree parents must come before their children")
+        if par >= 0:
+            anc[i] = anc[par]
+            depth[i] = depth[par] + 1
+        anc[i, i] = True
+    return anc, depth
 
 
 def load_fused(model_dir: str | Path, adapter_dir: str | Path | None = None) -> FusedLlama:
