@@ -8,7 +8,7 @@ Public API (imported lazily so `import evilbench.kernels` does not load the exte
 """
 from __future__ import annotations
 
-import importlib
+from evilbench._lazy import lazy_exports
 
 _EXPORTS = {
     "newton_schulz": "evilbench.kernels.newton_schulz_op",
@@ -17,8 +17,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'evilbench.kernels' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

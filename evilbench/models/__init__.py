@@ -11,7 +11,7 @@ Public API (lazy; importing this package loads nothing heavy):
 """
 from __future__ import annotations
 
-import importlib
+from evilbench._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelSpec": "evilbench.models.registry",
@@ -32,8 +32,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'evilbench.models' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

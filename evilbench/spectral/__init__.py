@@ -10,7 +10,7 @@ Imports are lazy: `import evilbench.spectral` loads neither torch's extension no
 """
 from __future__ import annotations
 
-import importlib
+from evilbench._lazy import lazy_exports
 
 _EXPORTS = {
     "MEASURES": "evilbench.spectral.measures",
@@ -22,8 +22,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'evilbench.spectral' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
