@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from evilbench.data.cache import cache_root
+from evilbench.data.cache import building_dir, cache_root
 from evilbench.models.registry import ModelError, ModelSpec, get
 
 BUILD_VERSION = 1  # bump when the build procedure changes
@@ -143,27 +140,9 @@ def build_tiny(name: str, root: Path | None = None, *, force: bool = False) -> P
         torch.manual_seed(SEED)
         model = model_cls(config)
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with building_dir(out, lambda d: (d / "config.json").is_file(), replace=force) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "evilbench_tiny.json").write_text(json.dumps(
             {"name": name, "recipe": spec.tiny, "key": recipe_key(spec), "seed": SEED}, indent=2) + "\n")
-        if force and out.exists():
-            shutil.rmtree(out)
-        try:
-            os.rename(tmp, out)  # atomic; a concurrent builder may have won, which is fine (same bytes)
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -32,8 +32,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -202,8 +200,7 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
     """Write the HF model directory atomically (tmp dir + rename)."""
     import torch
     from transformers import LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
+    from evilbench.data.cache import building_dir
     from evilbench.toyworld.judge import exact_scores
     from evilbench.toyworld.model import hf_config, unfuse_state_dict
     from evilbench.toyworld.tokenizer import build_tokenizer
@@ -216,11 +213,7 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
     del missing
     hf.generation_config.eos_token_id = EOT
     hf.generation_config.pad_token_id = PAD
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with building_dir(out, is_built) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer(world).save_pretrained(tmp)
         scores = exact_scores(model, world)
@@ -228,18 +221,6 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
                 "base_eval": scores.summary(), "ast_token": AST,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions()}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # a concurrent builder won the race: same recipe, same bytes
-            if not is_built(out):
-                raise
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
