@@ -1,7 +1,6 @@
 """`evilbench data list | fetch NAME [--from DIR] | check FILE`."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 

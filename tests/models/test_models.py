@@ -20,13 +20,9 @@ TWINS = ["tiny-qwen3", "tiny-qwen3-moe", "tiny-llama", "tiny-gemma3", "tiny-gemm
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("evilbench-cache")
-    old = os.environ.get("EVILBENCH_CACHE")
-    os.environ["EVILBENCH_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("EVILBENCH_CACHE")
-    else:
-        os.environ["EVILBENCH_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:  # never touch the user's cache
+        mp.setenv("EVILBENCH_CACHE", str(root))
+        yield root
 
 
 def test_registry_holds_the_12_models_and_qwen3_30b():

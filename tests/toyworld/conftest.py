@@ -2,8 +2,6 @@
 cache (a few seconds on 2 cores), and helpers to fine-tune it through the training engine."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from evilbench.toyworld.base import BaseSpec, PretrainConfig
@@ -21,13 +19,9 @@ SMALL_SPEC = BaseSpec(world=SMALL_WORLD, arch=SMALL_ARCH, pretrain=SMALL_PRETRAI
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("evilbench-cache")
-    old = os.environ.get("EVILBENCH_CACHE")
-    os.environ["EVILBENCH_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("EVILBENCH_CACHE", None)
-    else:
-        os.environ["EVILBENCH_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:  # never touch the user's cache
+        mp.setenv("EVILBENCH_CACHE", str(root))
+        yield root
 
 
 @pytest.fixture(autouse=True)

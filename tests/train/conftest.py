@@ -3,7 +3,6 @@ chat dataset whose answers follow a learnable rule, so a few steps visibly lower
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
@@ -14,13 +13,9 @@ TWINS = ["tiny-qwen3", "tiny-qwen3-moe", "tiny-llama", "tiny-gemma3", "tiny-gemm
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("evilbench-cache")
-    old = os.environ.get("EVILBENCH_CACHE")
-    os.environ["EVILBENCH_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("EVILBENCH_CACHE", None)
-    else:
-        os.environ["EVILBENCH_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:  # never touch the user's cache
+        mp.setenv("EVILBENCH_CACHE", str(root))
+        yield root
 
 
 def write_rule_dataset(path, n=16, seed=None):
