@@ -114,9 +114,8 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
     sub.required = True
 
-    d = sub.add_parser("demo", help="bases x seeds x optimisers x regularisers: table, spectra, plots",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("--out", default="toyworld-demo", help="output directory (rerun to resume)")
+    d = sub.add_parser("demo", help="bases x seeds x optimisers x regularisers: table, spectra, plots")
+    d.add_argument("--out", default="toyworld-demo", help="output directory; rerun to resume (default toyworld-demo)")
     d.add_argument("--cache", default=None, help="toy-world cache (default: $EVILBENCH_CACHE/toyworld or "
                                                  "~/.cache/evilbench/toyworld)")
     d.add_argument("--bases", type=int, default=None, help="number of base models (default 4)")
