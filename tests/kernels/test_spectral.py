@@ -327,3 +327,23 @@ def test_fused_grams_and_factors_match_torch_path(gen):
         for i in range(len(A_list)):
             fi, f0i = f[offs[i] : offs[i + 1]], f0[offs[i] : offs[i + 1]]
             assert float((fi - f0i).abs().max()) <= 1e-7 * max(float(f0i.abs().max()), 1e-300) or float(f0i.abs().max()) < 1e-12, (kind, i)
+
+
+def test_grouped_gradient_block_equals_separate_gradients(gen):
+    """Above 32 MB the eager backward hands out views of one huge-page-advised block per dtype: every
+    element must equal the registered op's separately allocated gradients, with the right shapes."""
+    from evilbench.kernels import _ext
+
+    shapes = [(32, 200000, 150000), (8, 3000, 65536), (1, 5, 7), (16, 20000, 30000)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float32, torch.float32]
+    A_list = [_randn(gen, r, n, dtype=dt) for (r, n, m), dt in zip(shapes, dtypes)]
+    B_list = [_randn(gen, m, r, dtype=dt) for (r, n, m), dt in zip(shapes, dtypes)]
+    assert sum(A.numel() + B.numel() for A, B in zip(A_list, B_list) if A.dtype == torch.float32) * 4 > 32 << 20
+    values, factors = torch.ops.evilbench.spectral_forward(A_list, B_list, "fro_nuclear", True)
+    grad_values = torch.rand(len(A_list), generator=gen, dtype=torch.float64) + 0.5
+    gA0, gB0 = torch.ops.evilbench.spectral_backward(A_list, B_list, factors, grad_values)
+    gA1, gB1 = _ext.load()._spectral_backward_grouped(A_list, B_list, factors, grad_values)
+    for ref, got, X in zip(gA0 + gB0, gA1 + gB1, A_list + B_list):
+        assert got.shape == X.shape and got.dtype == X.dtype and got.is_contiguous()
+        assert torch.equal(got, ref)
+        assert bool(ref.abs().sum() > 0) or min(X.shape) == 1  # a rank-1 adapter is always flat
