@@ -19,10 +19,11 @@ fi
 VPY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Reinstall only when the pins or the build inputs change.
+# Reinstall only when the pins or the build inputs (including the C++/CUDA sources) change.
 stamp="$VENV/.evilbench-setup"
-want="$(cat requirements/constraints.txt pyproject.toml setup.py | sha256sum | cut -c1-16)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VPY" -c "import evilbench._C" 2>/dev/null; then
+want="$(cat requirements/constraints.txt pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)"
+# (_C links libtorch: torch must be imported first, as evilbench.kernels._ext does)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VPY" -c "import torch, evilbench._C" 2>/dev/null; then
   if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "[quickstart] installing the CPU torch wheel (torch==2.13.0); GPU users: install your CUDA torch first"
     "$VPY" -m pip install -q torch==2.13.0
