@@ -129,7 +129,7 @@ class _CaptureGrads:
             p.grad = None
 
 
-def _median_time(fn, rounds: int, before=None) -> tuple[float, list[float]]:
+def _median_time(fn, rounds: int, before=None) -> float:
     times = []
     for _ in range(rounds + 1):  # the first round is a warm-up (allocations, optimiser state)
         if before is not None:
@@ -137,7 +137,7 @@ def _median_time(fn, rounds: int, before=None) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]), times[1:]
+    return statistics.median(times[1:])
 
 
 def test_train_step_components(benchmark, lora_qwen3_06b):
@@ -176,14 +176,14 @@ def test_train_step_components(benchmark, lora_qwen3_06b):
     opt_s = {}
     for name in ("adamw", "muon", "muon-torch"):
         opt = optim.build(name, params, lr=optim.default_lr(name))
-        opt_s[name], _ = _median_time(opt.step, PART_ROUNDS, before=with_grads)
+        opt_s[name] = _median_time(opt.step, PART_ROUNDS, before=with_grads)
     reg = SpectralRegularizer(model, kind="fro_nuclear", weight=1.0, check_finite=False)
 
     def reg_step():
         reg().backward()
 
     reset()
-    reg_s, _ = _median_time(reg_step, PART_ROUNDS, before=capture.zero_grad)
+    reg_s = _median_time(reg_step, PART_ROUNDS, before=capture.zero_grad)
     step = {name: common + s for name, s in opt_s.items()}
     ratios = {"muon_vs_adamw": step["muon"] / step["adamw"],
               "muon-torch_vs_adamw": step["muon-torch"] / step["adamw"],

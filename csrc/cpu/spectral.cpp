@@ -18,10 +18,7 @@
 #include <vector>
 
 #include "../spectral_common.h"
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include "../spectral_torch.h"
 
 namespace evilbench {
 namespace spectral {
@@ -121,20 +118,14 @@ static void apply_cols_f64(const double* A, int r, int64_t n, const double* F, d
 // ---- input checks and work items -------------------------------------------------------------
 
 static void check_pairs(const at::TensorList& A, const at::TensorList& B, const char* who) {
-  TORCH_CHECK(A.size() == B.size(), who, ": got ", A.size(), " A matrices but ", B.size(), " B matrices");
-  for (size_t i = 0; i < A.size(); ++i) {
-    TORCH_CHECK(A[i].dim() == 2 && B[i].dim() == 2, who, ": pair ", i, ": A and B must be 2-D");
-    TORCH_CHECK(A[i].size(0) == B[i].size(1), who, ": pair ", i, ": A is ", A[i].sizes(), " (r × d_in) but B is ",
-                B[i].sizes(), " (d_out × r)");
-    TORCH_CHECK(A[i].size(0) >= 1 && A[i].size(1) >= 1 && B[i].size(0) >= 1, who, ": pair ", i, ": empty matrix");
+  check_pairs_with(A, B, who, [&](size_t i) {
     for (const at::Tensor* t : {&A[i], &B[i]}) {
-      TORCH_CHECK(t->is_contiguous(), who, ": pair ", i, ": matrices must be contiguous");
       TORCH_CHECK(t->device().is_cpu(), who, ": pair ", i, ": expected CPU tensors");
       const auto st = t->scalar_type();
       TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, who, ": pair ", i,
                   ": unsupported dtype ", st);
     }
-  }
+  });
 }
 
 struct Item {
@@ -636,57 +627,22 @@ std::tuple<at::Tensor, at::Tensor> spectral_forward_cpu(at::TensorList A, at::Te
   return {values, factors};
 }
 
-// Gradient buffers. The gradients of a large model's adapters are hundreds of MB written once per
-// step into fresh memory, and on 4 KiB pages the first-touch page faults cost more than the apply
-// pass itself (Qwen3-8B set, 349 MB: backward 354 ms with per-matrix buffers vs 145 ms when torch's
-// allocations use huge pages). `grouped` (the eager path) therefore takes one block per dtype, asks
-// the kernel for transparent huge pages on it (madvise; a no-op where THP is "never"), and hands out
-// views; totals under 128 MB and the registered op keep separate tensors.
-static void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t huge = uintptr_t(2) << 20;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(huge - 1);
-  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
+// Separate gradient tensors, or (the eager path's `grouped`, for large totals) slices of
+// one huge-page-advised block per dtype. Measured (bench/spectral_backward_alloc.py): Qwen3-0.6B set
+// (80 MB) separate 42-56 ms vs one block 58-61 ms; 8B (349 MB) 308 vs 153 ms.
 static void allocate_gradients(const at::TensorList& A, const at::TensorList& B, bool grouped,
                                std::vector<at::Tensor>& gA, std::vector<at::Tensor>& gB) {
-  const int64_t n = static_cast<int64_t>(A.size());
-  // Measured: Qwen3-0.6B set (80 MB) separate 42-56 ms vs one block 58-61 ms; 8B (349 MB) 308 vs 153 ms.
   constexpr int64_t kGroupBytes = int64_t(128) << 20;  // below this, allocator reuse beats one block
   int64_t bytes = 0;
-  for (int64_t i = 0; i < n; ++i) bytes += (A[i].numel() + B[i].numel()) * A[i].element_size();
-  if (!grouped || bytes < kGroupBytes) {
-    for (int64_t i = 0; i < n; ++i) {
-      gA.push_back(at::empty_like(A[i], at::MemoryFormat::Contiguous));
-      gB.push_back(at::empty_like(B[i], at::MemoryFormat::Contiguous));
-    }
+  for (size_t i = 0; i < A.size(); ++i) bytes += A[i].nbytes() + B[i].nbytes();
+  if (grouped && bytes >= kGroupBytes) {
+    gA = empty_like_grouped(A);
+    gB = empty_like_grouped(B);
     return;
   }
-  gA.resize(n);
-  gB.resize(n);
-  std::vector<at::ScalarType> dtypes;
-  for (int64_t i = 0; i < n; ++i)
-    if (std::find(dtypes.begin(), dtypes.end(), A[i].scalar_type()) == dtypes.end()) dtypes.push_back(A[i].scalar_type());
-  for (at::ScalarType dt : dtypes) {
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; ++i)
-      if (A[i].scalar_type() == dt) total += A[i].numel() + B[i].numel();
-    at::Tensor block = at::empty({total}, A[0].options().dtype(dt));
-    advise_huge_pages(block.data_ptr(), static_cast<size_t>(total) * block.element_size());
-    int64_t off = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (A[i].scalar_type() != dt) continue;
-      gA[i] = block.narrow(0, off, A[i].numel()).view(A[i].sizes());
-      off += A[i].numel();
-      gB[i] = block.narrow(0, off, B[i].numel()).view(B[i].sizes());
-      off += B[i].numel();
-    }
+  for (size_t i = 0; i < A.size(); ++i) {
+    gA.push_back(at::empty_like(A[i], at::MemoryFormat::Contiguous));
+    gB.push_back(at::empty_like(B[i], at::MemoryFormat::Contiguous));
   }
 }
 

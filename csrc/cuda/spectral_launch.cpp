@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../spectral_common.h"
+#include "../spectral_torch.h"
 #include "spectral_cuda.h"
 
 namespace evilbench {
@@ -30,42 +31,14 @@ static int dtype_code(const at::Tensor& t) {
 }
 
 static void check_pairs(const at::TensorList& A, const at::TensorList& B, const char* who) {
-  TORCH_CHECK(A.size() == B.size(), who, ": got ", A.size(), " A matrices but ", B.size(), " B matrices");
-  for (size_t i = 0; i < A.size(); ++i) {
-    TORCH_CHECK(A[i].dim() == 2 && B[i].dim() == 2, who, ": pair ", i, ": A and B must be 2-D");
-    TORCH_CHECK(A[i].size(0) == B[i].size(1), who, ": pair ", i, ": A is ", A[i].sizes(), " (r × d_in) but B is ",
-                B[i].sizes(), " (d_out × r)");
-    TORCH_CHECK(A[i].size(0) >= 1 && A[i].size(1) >= 1 && B[i].size(0) >= 1, who, ": pair ", i, ": empty matrix");
+  check_pairs_with(A, B, who, [&](size_t i) {
     TORCH_CHECK(A[i].size(0) <= kMaxRankCuda, who, ": pair ", i, ": rank ", A[i].size(0), " > ", kMaxRankCuda,
                 " is not supported by the CUDA kernels (use CPU tensors)");
     for (const at::Tensor* t : {&A[i], &B[i]}) {
-      TORCH_CHECK(t->is_contiguous(), who, ": pair ", i, ": matrices must be contiguous");
       TORCH_CHECK(t->device() == A[0].device(), who, ": pair ", i, ": all matrices must be on ", A[0].device());
       dtype_code(*t);
     }
-  }
-}
-
-// Gradient outputs for the eager path (see csrc/cpu/spectral.cpp): one allocation per dtype.
-static std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
-  std::vector<at::Tensor> out(ts.size());
-  for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
-    int64_t total = 0;
-    for (const auto& t : ts)
-      if (t.scalar_type() == st) total += t.numel();
-    if (total == 0) continue;
-    at::Tensor flat = at::empty({total}, ts[0].options().dtype(st));
-    int64_t off = 0;
-    for (size_t i = 0; i < ts.size(); ++i)
-      if (ts[i].scalar_type() == st) {
-        auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
-        impl->set_sizes_contiguous(ts[i].sizes());
-        impl->set_storage_offset(off);
-        out[i] = at::Tensor(std::move(impl));
-        off += ts[i].numel();
-      }
-  }
-  return out;
+  });
 }
 
 struct Table {
