@@ -6,6 +6,7 @@ GPU users: pip install --no-build-isolation -e .   (uses the torch already insta
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -34,8 +35,15 @@ def _extension():
     cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers use C++20 (bit-field initialisers)
     if os.environ.get("EVILBENCH_NATIVE") == "1":
         cxx.append("-march=native")
+    # at::parallel_for is an inline `#pragma omp parallel` in an OpenMP torch: without -fopenmp the
+    # extension's loops silently run on one thread. Linking -fopenmp resolves to the libgomp.so.1
+    # torch already loaded (same SONAME), so there is one OpenMP runtime in the process.
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if not cuda:
-        return CppExtension("evilbench._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("evilbench._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
     return CUDAExtension(
@@ -43,6 +51,7 @@ def _extension():
         sources,
         define_macros=[("EVILBENCH_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

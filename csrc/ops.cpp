@@ -2,8 +2,12 @@
 // Implementations register themselves per backend with TORCH_LIBRARY_IMPL:
 //   csrc/cpu/*.cpp   (CPU)          csrc/cuda/*_launch.cpp   (CUDA, torch glue around torch-free .cu)
 // Python-side wrappers, fake kernels and autograd live in evilbench/kernels/.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/library.h>
+
+#include <mutex>
+#include <set>
 
 TORCH_LIBRARY(evilbench, m) {
   // ---- Newton–Schulz / Muon (issue: core) --------------------------------------------------
@@ -61,7 +65,20 @@ static std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_bac
   return evilbench::spectral::cpu::spectral_backward_impl_cpu(A, B, factors, grad_values, true);
 }
 
+// How many distinct threads at::parallel_for gives this extension's loops for n one-element tasks:
+// 1 with several torch threads means the build lost OpenMP (tests/test_build.py checks it).
+static int64_t parallel_threads_used(int64_t n) {
+  std::mutex mu;
+  std::set<int> ids;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(ids.size());
+}
+
 PYBIND11_MODULE(_C, m) {
+  m.def("_parallel_threads_used", &parallel_threads_used, "distinct threads at::parallel_for used for n tasks");
   m.def("_spectral_backward_grouped", &spectral_backward_grouped, "gA, gB of the spectral penalty (eager path)");
   m.doc() = "evilbench C++/CUDA kernels (ops live under torch.ops.evilbench)";
 #ifdef EVILBENCH_WITH_CUDA
