@@ -5,11 +5,11 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace evilbench {
 namespace spectral {
@@ -29,34 +29,41 @@ inline void check_pairs_with(const at::TensorList& A, const at::TensorList& B, c
   }
 }
 
-// Ask for transparent huge pages on the 2 MiB-aligned interior of a fresh CPU block (a no-op where
-// THP is "never"). Gradients of a large model's adapters are hundreds of MB written once per step into
-// fresh memory; on 4 KiB pages the first-touch faults cost more than the kernel that writes them
-// (Qwen3-8B set, 349 MB: spectral backward 308 ms median with separate buffers, 153 ms with one
-// advised block; bench/spectral_backward_alloc.py).
-inline void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t huge = uintptr_t(2) << 20;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(huge - 1);
-  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
+// One flat block of `numel` elements of dtype st for CPU gradients. With `slot` ≥ 0 the block is
+// kept and handed out again once nothing else holds its storage (the previous step's .grad tensors
+// were dropped by zero_grad): refilling warm pages costs 14 ms for the Qwen3-8B set where fresh
+// pages cost 80–100 ms of first-touch faults. Caller holds cache_mutex() while it carves the block.
+inline std::mutex& cache_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+inline at::Tensor cpu_block(at::ScalarType st, int64_t numel, const at::TensorOptions& opts, int slot) {
+  // (slot, dtype) -> last block; never destroyed, so no tensor outlives torch at interpreter exit
+  static auto* cache = new std::map<std::pair<int, int>, at::Tensor>();
+  if (slot >= 0) {
+    auto it = cache->find({slot, static_cast<int>(st)});
+    if (it != cache->end() && it->second.numel() == numel && it->second.storage().use_count() == 1) return it->second;
+  }
+  at::Tensor flat = at::empty({numel}, opts.dtype(st));
+  if (slot >= 0) (*cache)[{slot, static_cast<int>(st)}] = flat;  // a block still in use is simply replaced
+  return flat;
 }
 
-// Contiguous tensors shaped like `ts`, carved from one allocation per dtype (huge-page advised on
-// the CPU). They share storage but are not autograd views, so AccumulateGrad can adopt them as .grad.
-inline std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts) {
+// Contiguous tensors shaped like `ts`, carved from one allocation per dtype (on the CPU reused
+// across calls for a `reuse_slot` ≥ 0, see cpu_block). They share storage but are not autograd
+// views, so AccumulateGrad can adopt them as .grad.
+inline std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts, int reuse_slot = -1) {
   std::vector<at::Tensor> out(ts.size());
+  if (ts.empty()) return out;
+  const bool cpu = ts[0].is_cpu();
+  std::unique_lock<std::mutex> lock(cache_mutex(), std::defer_lock);
+  if (cpu && reuse_slot >= 0) lock.lock();  // no other call may take the block between check and carve
   for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
     int64_t total = 0;
     for (const auto& t : ts)
       if (t.scalar_type() == st) total += t.numel();
     if (total == 0) continue;
-    at::Tensor flat = at::empty({total}, ts[0].options().dtype(st));
-    if (flat.is_cpu()) advise_huge_pages(flat.data_ptr(), static_cast<size_t>(flat.nbytes()));
+    at::Tensor flat = cpu ? cpu_block(st, total, ts[0].options(), reuse_slot) : at::empty({total}, ts[0].options().dtype(st));
     int64_t off = 0;
     for (size_t i = 0; i < ts.size(); ++i)
       if (ts[i].scalar_type() == st) {

@@ -627,17 +627,14 @@ std::tuple<at::Tensor, at::Tensor> spectral_forward_cpu(at::TensorList A, at::Te
   return {values, factors};
 }
 
-// Separate gradient tensors, or (the eager path's `grouped`, for large totals) slices of
-// one huge-page-advised block per dtype. Measured (bench/spectral_backward_alloc.py): Qwen3-0.6B set
-// (80 MB) separate 42-56 ms vs one block 58-61 ms; 8B (349 MB) 308 vs 153 ms.
+// Separate gradient tensors (the registered op), or (the eager path's `grouped`) slices of one
+// block per dtype that is reused from step to step once the previous gradients are dropped
+// (empty_like_grouped): fresh memory's first-touch faults cost more than the kernel writing it.
 static void allocate_gradients(const at::TensorList& A, const at::TensorList& B, bool grouped,
                                std::vector<at::Tensor>& gA, std::vector<at::Tensor>& gB) {
-  constexpr int64_t kGroupBytes = int64_t(128) << 20;  // below this, allocator reuse beats one block
-  int64_t bytes = 0;
-  for (size_t i = 0; i < A.size(); ++i) bytes += A[i].nbytes() + B[i].nbytes();
-  if (grouped && bytes >= kGroupBytes) {
-    gA = empty_like_grouped(A);
-    gB = empty_like_grouped(B);
+  if (grouped) {
+    gA = empty_like_grouped(A, /*reuse_slot=*/0);
+    gB = empty_like_grouped(B, /*reuse_slot=*/1);
     return;
   }
   for (size_t i = 0; i < A.size(); ++i) {
