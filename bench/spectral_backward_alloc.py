@@ -1,5 +1,6 @@
-"""Spectral backward on the CPU: separately allocated gradients (the registered op) against one
-huge-page-advised block per dtype (the eager path, above 128 MB), and the forward, interleaved.
+"""Spectral backward on the CPU: separately allocated gradients (the registered op) against
+one block per dtype reused across calls once the previous gradients are dropped (the eager path),
+and the forward, interleaved.
 
     OMP_NUM_THREADS=2 python bench/spectral_backward_alloc.py qwen3-8b
 """
