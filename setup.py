@@ -7,6 +7,7 @@ GPU users: pip install --no-build-isolation -e .   (uses the torch already insta
 import glob
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -29,19 +30,25 @@ def _want_cuda() -> bool:
     return have
 
 
+def _openmp_link_args() -> list[str]:
+    """at::parallel_for is an inline `#pragma omp parallel` in an OpenMP build of torch: without
+    -fopenmp the extension's loops silently run on one thread (tests/test_build.py checks). Link the
+    libgomp that torch ships when it ships one (the CPU wheel's libgomp.so.1, or a renamed
+    libgomp-<hash>.so.1), so the process keeps a single OpenMP runtime and thread pool."""
+    bundled = sorted(Path(torch.__file__).resolve().parent.joinpath("lib").glob("libgomp*.so*"))
+    return [str(bundled[0])] if bundled else ["-fopenmp"]
+
+
 def _extension():
     cuda = _want_cuda()
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers use C++20 (bit-field initialisers)
     if os.environ.get("EVILBENCH_NATIVE") == "1":
         cxx.append("-march=native")
-    # at::parallel_for is an inline `#pragma omp parallel` in an OpenMP torch: without -fopenmp the
-    # extension's loops silently run on one thread. Linking -fopenmp resolves to the libgomp.so.1
-    # torch already loaded (same SONAME), so there is one OpenMP runtime in the process.
     link = []
     if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
-        link.append("-fopenmp")
+        link += _openmp_link_args()
     if not cuda:
         return CppExtension("evilbench._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
