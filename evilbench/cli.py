@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and getattr(args, "reexec", None):  # a real command line (not a test calling main)
+        args.reexec(args, ["-m", "evilbench.cli", *sys.argv[1:]])
     return int(args.func(args) or 0)
 
 

@@ -94,7 +94,10 @@ class BaseSpec:
                    PretrainConfig(**{**d["pretrain"], "betas": tuple(d["pretrain"]["betas"])}), int(d["seed"]))
 
     def key(self) -> str:
+        from evilbench.toyworld.portable_math import math_tag
+
         recipe = {k: v for k, v in self.to_dict().items() if k not in ("world", "seed")}
+        recipe["math"] = math_tag()  # bases pre-trained on other code paths are other bases
         h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.world.key()}-{h}-s{self.seed}"
 

@@ -21,7 +21,7 @@ def _lr(s: str) -> tuple[str, float]:
 def _demo(args) -> int:
     from dataclasses import replace
 
-    from evilbench.toyworld.demo import DemoConfig, quick_config, render_table, run_demo
+    from evilbench.toyworld.demo import DemoConfig, MathMismatch, quick_config, render_table, run_demo
 
     cfg = quick_config() if args.quick else DemoConfig()
     over = {}
@@ -41,8 +41,12 @@ def _demo(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    payload = run_demo(cfg, args.out, cache=args.cache, jobs=args.jobs, progress=not args.no_progress,
-                       plots=not args.no_plots, recalibrate=args.recalibrate)
+    try:
+        payload = run_demo(cfg, args.out, cache=args.cache, jobs=args.jobs, progress=not args.no_progress,
+                           plots=not args.no_plots, recalibrate=args.recalibrate)
+    except MathMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print()
     print(render_table(payload))
     print(f"\nresults: {payload['out_dir']}/results.json, runs.csv, trajectories.csv, table.md"
@@ -108,6 +112,13 @@ def _judge(args) -> int:
     return 0
 
 
+def _pin_math(args, python_args: list[str]) -> None:
+    if not args.native_math:
+        from evilbench.toyworld.portable_math import reexec_pinned
+
+        reexec_pinned(python_args)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("toyworld", help="the toy EM world: demo, bases, datasets, exact judge",
                               description=__doc__)
@@ -156,3 +167,9 @@ def register(subparsers) -> None:
     j.add_argument("--samples", type=int, default=32, help="samples per question (sampled mode)")
     j.add_argument("--seed", type=int, default=0)
     j.set_defaults(func=_judge)
+
+    for action in (d, b, s, j):
+        action.add_argument("--native-math", action="store_true",
+                            help="use this CPU's fastest math paths instead of pinning ATen and MKL to AVX2; "
+                                 "numbers then differ between machines (also EVILBENCH_NATIVE_MATH=1)")
+        action.set_defaults(reexec=_pin_math)

@@ -225,6 +225,7 @@ def _train_config(cfg: DemoConfig, base: Path, data: Path, out: Path, opt: str, 
 
 def _rule_key(cfg: DemoConfig, base_key: str, optimizer: str) -> str:
     from evilbench.toyworld.lr_rule import RULE_VERSION, grid
+    from evilbench.toyworld.portable_math import math_tag
 
     try:  # the optimiser's defaults (momentum, weight decay, ...) change what an lr means
         from evilbench.optim import OPTIMIZERS
@@ -233,9 +234,30 @@ def _rule_key(cfg: DemoConfig, base_key: str, optimizer: str) -> str:
     except ImportError:
         defaults = None
     blob = json.dumps({"base": base_key, "recipe": asdict(cfg.recipe), "grid": list(grid(optimizer)),
-                       "rule": RULE_VERSION, "eval": EVAL_VERSION, "optimizer_defaults": defaults},
+                       "rule": RULE_VERSION, "eval": EVAL_VERSION, "optimizer_defaults": defaults,
+                       "math": math_tag()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class MathMismatch(RuntimeError):
+    """A demo directory resumed on another math code path than it was started with."""
+
+
+def _check_math(out: Path) -> str:
+    """The math code path of this process; a demo directory holds runs of one code path only."""
+    from evilbench.toyworld.portable_math import math_tag
+
+    tag, f = math_tag(), out / "math.json"
+    if f.is_file():
+        prev = json.loads(f.read_text()).get("math")
+        if prev != tag:
+            raise MathMismatch(f"{out} holds runs computed with {prev} math but this process runs {tag}; "
+                               "resume it the same way (`evilbench toyworld demo` pins AVX2; --native-math does "
+                               "not) or choose another --out")
+    else:
+        f.write_text(json.dumps({"math": tag}) + "\n")
+    return tag
 
 
 def run_demo(cfg: DemoConfig | None = None, out_dir: str | os.PathLike = "toyworld-demo",
@@ -256,6 +278,7 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | os.PathLike = "toywor
     t_start, c_start = time.perf_counter(), time.process_time()
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    math = _check_math(out)
     cache_dir = toyworld_cache(cache)
     cpus = os.cpu_count() or 1
     jobs = max(1, jobs or cpus)
@@ -352,7 +375,7 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | os.PathLike = "toywor
     payload = {"config": cfg.to_dict(), "out_dir": str(out), "cache_dir": str(cache_dir),
                "bases": [{"index": i, "dir": str(b), "point": base_points[i]} for i, b in enumerate(bases)],
                "lr_rule": lr_rule, "summary": summary, "runs": results, "sweep": sweep_res, "timings": timings,
-               "jobs": jobs, "threads_per_job": threads, "eval_version": EVAL_VERSION}
+               "jobs": jobs, "threads_per_job": threads, "eval_version": EVAL_VERSION, "math": math}
     write_outputs(out, payload)
     if plots:
         t = time.perf_counter()
@@ -461,7 +484,8 @@ def render_table(payload: dict) -> str:
     cpu = {k[:-6]: v for k, v in t.items() if k.endswith("_cpu_s")}
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in wall.items())
               + f" ({payload['jobs']} worker(s) x {payload['threads_per_job']} thread(s)); CPU time: "
-              + ", ".join(f"{k} {v:.0f}s" for k, v in cpu.items())]
+              + ", ".join(f"{k} {v:.0f}s" for k, v in cpu.items())
+              + (f"; math: {payload['math']}" if payload.get("math") else "")]
     return "\n".join(lines)
 
 
