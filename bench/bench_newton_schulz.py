@@ -5,8 +5,8 @@ side in one run: ours (the fused op) and the plain-torch baselines of evilbench.
       --benchmark-json=/tmp/ns.json && python bench/report.py /tmp/ns.json
 
 Device: CUDA when available (EVILBENCH_BENCH_DEVICE=cpu|cuda overrides); CPU threads:
-EVILBENCH_BENCH_THREADS (default 2). Slow CPU baselines on the 8B set run only with
-EVILBENCH_BENCH_FULL=1. Convention (shared with the spectral benchmarks): benchmark.group =
+EVILBENCH_BENCH_THREADS (default 2). Every baseline runs on both sets (the whole CPU run takes
+~30 s on an idle 2-core machine). Convention (shared with the spectral benchmarks): benchmark.group =
 "<suite>/<set>", extra_info["impl"] names the implementation ("ours" for ours) and
 extra_info["bytes"] is the minimum memory traffic (two reads and one write of every matrix).
 """
@@ -24,7 +24,6 @@ from evilbench.kernels.ns_baselines import BASELINES
 
 DEVICE = os.environ.get("EVILBENCH_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 THREADS = int(os.environ.get("EVILBENCH_BENCH_THREADS", "2"))
-FULL = os.environ.get("EVILBENCH_BENCH_FULL") == "1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 if DEVICE == "cpu":
     SETS = [("qwen3-0.6b", "fp32"), ("qwen3-0.6b", "bf16"), ("qwen3-8b", "bf16")]
@@ -32,17 +31,13 @@ else:
     SETS = [("qwen3-0.6b", "bf16"), ("qwen3-8b", "bf16"), ("qwen3-8b", "fp32")]
 IMPLS = ["ours", *BASELINES]
 
-# rounds per (device, model, impl); None = skipped (minutes per call on 2 CPU cores)
-def _rounds(model: str, impl: str) -> int | None:
+# rounds per (device, model, impl)
+def _rounds(model: str, impl: str) -> int:
     if DEVICE != "cpu":
         return 30 if impl == "ours" else 3
     if model == "qwen3-0.6b":
         return {"ours": 10, "gram-torch-batched": 5, "torch-muon": 1}.get(impl, 2)
-    if impl == "ours":
-        return 5
-    if impl == "gram-torch-batched":
-        return 2
-    return 1 if FULL else None
+    return {"ours": 5, "gram-torch-batched": 3}.get(impl, 2)
 
 
 def _device_name() -> str:
@@ -80,8 +75,6 @@ def _threads():
 @pytest.mark.parametrize("model,dtype", SETS)
 def test_newton_schulz(benchmark, model, dtype, impl):
     rounds = _rounds(model, impl)
-    if rounds is None:
-        pytest.skip(f"{impl} on {model} takes minutes on {THREADS} CPU threads (EVILBENCH_BENCH_FULL=1 runs it)")
     mats = list(_mats(model, dtype))
     fn = _call(impl)
     elem = mats[0].element_size()
