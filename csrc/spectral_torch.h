@@ -10,7 +10,6 @@
 #include <utility>
 #include <vector>
 
-
 namespace evilbench {
 namespace spectral {
 
@@ -29,41 +28,36 @@ inline void check_pairs_with(const at::TensorList& A, const at::TensorList& B, c
   }
 }
 
-// One flat block of `numel` elements of dtype st for CPU gradients. With `slot` ≥ 0 the block is
-// kept and handed out again once nothing else holds its storage (the previous step's .grad tensors
-// were dropped by zero_grad): refilling warm pages costs 14 ms for the Qwen3-8B set where fresh
-// pages cost 80–100 ms of first-touch faults. Caller holds cache_mutex() while it carves the block.
-inline std::mutex& cache_mutex() {
-  static std::mutex mu;
-  return mu;
-}
-inline at::Tensor cpu_block(at::ScalarType st, int64_t numel, const at::TensorOptions& opts, int slot) {
-  // (slot, dtype) -> last block; never destroyed, so no tensor outlives torch at interpreter exit
+// The block last handed out for (slot, dtype) on the CPU when nothing else holds its storage any more
+// (the previous step's .grad tensors were dropped by zero_grad), else a new block that replaces it.
+// Refilling warm pages costs 14 ms for the Qwen3-8B set where fresh pages cost 80–100 ms of
+// first-touch faults. Called with empty_like_grouped's lock held.
+inline at::Tensor reusable_cpu_block(int slot, at::ScalarType st, int64_t numel, const at::TensorOptions& opts) {
+  // never destroyed, so no tensor outlives torch at interpreter exit
   static auto* cache = new std::map<std::pair<int, int>, at::Tensor>();
-  if (slot >= 0) {
-    auto it = cache->find({slot, static_cast<int>(st)});
-    if (it != cache->end() && it->second.numel() == numel && it->second.storage().use_count() == 1) return it->second;
-  }
-  at::Tensor flat = at::empty({numel}, opts.dtype(st));
-  if (slot >= 0) (*cache)[{slot, static_cast<int>(st)}] = flat;  // a block still in use is simply replaced
-  return flat;
+  at::Tensor& kept = (*cache)[{slot, static_cast<int>(st)}];
+  if (!kept.defined() || kept.numel() != numel || kept.storage().use_count() != 1)
+    kept = at::empty({numel}, opts.dtype(st));
+  return kept;
 }
 
 // Contiguous tensors shaped like `ts`, carved from one allocation per dtype (on the CPU reused
-// across calls for a `reuse_slot` ≥ 0, see cpu_block). They share storage but are not autograd
-// views, so AccumulateGrad can adopt them as .grad.
+// across calls for a `reuse_slot` ≥ 0, see reusable_cpu_block). They share storage but are not
+// autograd views, so AccumulateGrad can adopt them as .grad.
 inline std::vector<at::Tensor> empty_like_grouped(const at::TensorList& ts, int reuse_slot = -1) {
   std::vector<at::Tensor> out(ts.size());
   if (ts.empty()) return out;
-  const bool cpu = ts[0].is_cpu();
-  std::unique_lock<std::mutex> lock(cache_mutex(), std::defer_lock);
-  if (cpu && reuse_slot >= 0) lock.lock();  // no other call may take the block between check and carve
+  const bool reuse = ts[0].is_cpu() && reuse_slot >= 0;
+  static std::mutex mu;
+  std::unique_lock<std::mutex> lock(mu, std::defer_lock);
+  if (reuse) lock.lock();  // no other call may take the block between check and carve
   for (at::ScalarType st : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
     int64_t total = 0;
     for (const auto& t : ts)
       if (t.scalar_type() == st) total += t.numel();
     if (total == 0) continue;
-    at::Tensor flat = cpu ? cpu_block(st, total, ts[0].options(), reuse_slot) : at::empty({total}, ts[0].options().dtype(st));
+    at::Tensor flat = reuse ? reusable_cpu_block(reuse_slot, st, total, ts[0].options())
+                            : at::empty({total}, ts[0].options().dtype(st));
     int64_t off = 0;
     for (size_t i = 0; i < ts.size(); ++i)
       if (ts[i].scalar_type() == st) {

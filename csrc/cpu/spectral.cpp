@@ -9,9 +9,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>

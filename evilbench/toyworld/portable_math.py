@@ -17,9 +17,8 @@ PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 OPT_OUT = "EVILBENCH_NATIVE_MATH"
 
 
-def is_pinned(env: dict | None = None) -> bool:
-    env = os.environ if env is None else env
-    return all(env.get(k) == v for k, v in PINNED.items())
+def is_pinned() -> bool:
+    return all(os.environ.get(k) == v for k, v in PINNED.items())
 
 
 def math_tag() -> str:
