@@ -53,8 +53,21 @@ def _demo(args) -> int:
           + (", plots/*.png" if not args.no_plots else ""))
     failed = [x for x in payload["runs"] if x.get("status") != "finished"]
     if failed:
-        print(f"warning: {len(failed)} run(s) did not finish; see runs.csv", file=sys.stderr)
+        print(failure_summary(failed, len(payload["runs"])), file=sys.stderr)
+        return 1
     return 0
+
+
+def failure_summary(failed: list[dict], total: int) -> str:
+    """`error: K of N runs did not finish` and, per distinct failure, which runs and why."""
+    by_error: dict[str, list[str]] = {}
+    for x in failed:
+        cell = "/".join(str(x[k]) for k in ("base", "seed", "optimizer", "regularizer", "kind") if k in x)
+        by_error.setdefault(f"{x.get('status')}: {x.get('error') or 'no error recorded'}", []).append(cell)
+    lines = [f"error: {len(failed)} of {total} run(s) did not finish (the table shows them as -)"]
+    for why, cells in by_error.items():
+        lines.append(f"  {len(cells)} run(s) {why}  [{', '.join(cells[:4])}{', ...' if len(cells) > 4 else ''}]")
+    return "\n".join(lines)
 
 
 def _one_thread() -> None:
