@@ -15,6 +15,7 @@ COMMANDS = {
     "models": "evilbench.models.cli",
     "train": "evilbench.train.cli",
     "toyworld": "evilbench.toyworld.cli",
+    "store": "evilbench.store.cli",
 }
 
 DESCRIPTION = ("evilbench: emergent misalignment under optimiser x regulariser LoRA fine-tuning - datasets, "
