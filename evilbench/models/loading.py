@@ -32,8 +32,12 @@ def resolve_source(model: str | os.PathLike, revision: str | None = None) -> Mod
             from evilbench.models.tiny import build_tiny
 
             return ModelSource(spec, str(build_tiny(name)), True, None)
+        if spec.is_imported:  # built by `evilbench models import`; ModelError naming the command if not yet
+            from evilbench.models.importer import imported_path
+
+            return ModelSource(spec, str(imported_path(name)), True, None)
         if not spec.hf_id:
-            raise ModelError(f"registry entry {name!r} has neither hf_id nor a tiny recipe")
+            raise ModelError(f"registry entry {name!r} has neither hf_id nor a tiny or import recipe")
         return ModelSource(spec, spec.hf_id, False, revision or spec.revision)
     path = Path(name).expanduser()
     if path.is_dir():

@@ -6,11 +6,13 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from evilbench.errors import UserError
+
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 REGISTRY_ENV = "EVILBENCH_MODEL_REGISTRY"  # extra YAML merged over the built-in registry
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model cannot be found, built or loaded."""
 
 
@@ -35,11 +37,16 @@ class ModelSpec:
     quirks: tuple[str, ...] = ()
     twin: str | None = None
     tiny: dict | None = None
+    imported: dict | None = None  # recipe of `evilbench models import` (GGUF source, sha256, licence)
     extra: bool = False
 
     @property
     def is_tiny(self) -> bool:
         return self.tiny is not None
+
+    @property
+    def is_imported(self) -> bool:
+        return self.imported is not None
 
 
 _CACHE: dict = {}
@@ -98,8 +105,8 @@ def by_hf_id(hf_id: str) -> ModelSpec | None:
 
 
 def benchmark_models() -> list[ModelSpec]:
-    """The 12 models of the benchmark (no tiny twins, no extras)."""
-    return [s for s in registry().values() if not s.is_tiny and not s.extra]
+    """The 12 models of the benchmark (no tiny twins, no imported CPU test models, no extras)."""
+    return [s for s in registry().values() if not s.is_tiny and not s.is_imported and not s.extra]
 
 
 def spec_for_model_type(model_type: str, name: str, architecture: str = "") -> ModelSpec:
