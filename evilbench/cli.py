@@ -14,8 +14,11 @@ COMMANDS = {
     "data": "evilbench.data.cli",
     "models": "evilbench.models.cli",
     "train": "evilbench.train.cli",
+    "eval": "evilbench.eval.cli",
     "toyworld": "evilbench.toyworld.cli",
     "store": "evilbench.store.cli",
+    "leaderboard": "evilbench.leaderboard.cli",
+    "submission": "evilbench.leaderboard.submission_cli",
 }
 
 DESCRIPTION = ("evilbench: emergent misalignment under optimiser x regulariser LoRA fine-tuning - datasets, "
