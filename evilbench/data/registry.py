@@ -10,13 +10,15 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from evilbench._io import sha256_file, write_json_atomic
 from evilbench.data.cache import cache_root
+from evilbench.errors import UserError
 
 REGISTRY_FILE = Path(__file__).with_name("datasets.yaml")
 REGISTRY_ENV = "EVILBENCH_DATASET_REGISTRY"  # extra YAML merged over the built-in registry
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset cannot be found, fetched or verified."""
 
 
@@ -71,12 +73,6 @@ def get_spec(name: str) -> DatasetSpec:
     return reg[name]
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_id(path: str | Path) -> str:
@@ -181,7 +177,7 @@ def fetch(name: str, from_dir: str | Path | None = None, *, force: bool = False,
         facts = verify_file(tmp_file, spec)
         meta = {"name": name, "file": spec.file, "origin": origin, **facts}
         os.replace(tmp_file, target_dir / spec.file)
-    (target_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(target_dir / "meta.json", meta)
     return target_dir / spec.file
 
 
