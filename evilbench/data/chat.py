@@ -10,11 +10,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from evilbench.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED_ERRORS = 20
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file is malformed; the message lists `file:line: problem` entries."""
 
     def __init__(self, problems: list[str], total: int | None = None):

@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from evilbench.errors import UserError
+
 IGNORE_INDEX = -100
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: never produced by a template
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """The chat template cannot be used for assistant-only masks (or is missing)."""
 
 
