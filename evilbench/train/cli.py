@@ -71,18 +71,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from evilbench.data.chat import DataError
-    from evilbench.data.registry import DatasetError
-    from evilbench.models.registry import ModelError
-    from evilbench.train.loop import ConfigMismatchError, train
+    from evilbench.errors import UserError
+    from evilbench.train.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     fields = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         result = train(cfg, progress=not args.no_progress, overwrite=args.overwrite)
-    except (ConfigMismatchError, DataError, DatasetError, ModelError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, ValueError) as e:  # ValueError: also what peft and transformers raise for bad options
+        if getattr(args, "debug", False):
+            raise
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     if result["status"] != "finished":
         print(f"error: run {result['status']}: {result.get('error')}", file=sys.stderr)

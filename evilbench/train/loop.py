@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from evilbench.errors import UserError
 from evilbench.models.loading import SMALL_MODEL_PARAMS
 from evilbench.train import rundir as rd
 from evilbench.train.config import TrainConfig, config_diff
@@ -26,7 +27,7 @@ log = logging.getLogger("evilbench.train")
 _TOKENIZED: "OrderedDict[tuple, object]" = OrderedDict()  # in-process cache of tokenised datasets
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
     """An existing run directory was started with a different configuration."""
 
 
@@ -113,6 +114,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool, overwrite: bool):
         self.cfg, self.dir, self.progress, self.overwrite = cfg, run_dir, progress, overwrite
         self.record: dict = {}
+        self._recovered: list[dict] = []  # damaged state or adapters found on this start, and what was done
 
     # ------------------------------------------------------------------ bookkeeping
     def _existing(self) -> dict | None:
@@ -123,13 +125,16 @@ class _Run:
             return None
         if not path.is_file():
             return None
-        old = rd.read_json(path)
+        try:
+            old = rd.read_json(path)
+        except rd.CorruptStateError as e:
+            raise rd.CorruptStateError(path, f"{e}; --overwrite starts the run again") from None
         diff = config_diff(old.get("config", {}), self.cfg.to_dict())
         if diff:
-            lines = "\n".join(f"  {k}: {a!r} (in run.json) != {b!r} (now)" for k, (a, b) in diff.items())
+            diffs = "; ".join(f"{k}: {a!r} in run.json, {b!r} now" for k, (a, b) in diff.items())
             raise ConfigMismatchError(
-                f"{self.dir} holds a run with a different configuration:\n{lines}\n"
-                "Use another output directory, or --overwrite to discard the existing run.")
+                f"{self.dir} holds a run with a different configuration ({diffs}); use another output "
+                "directory, or --overwrite to discard the existing run")
         return old
 
     def _save_record(self) -> None:
@@ -202,7 +207,10 @@ class _Run:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.params:
-            raise RuntimeError("LoRA produced no trainable parameters: check the target modules")
+            from evilbench.models.registry import ModelError
+
+            raise ModelError(f"LoRA produced no trainable parameters in {cfg.model}: check --target-modules / "
+                             "--target-parameters")
 
         from evilbench import optim
 
@@ -260,26 +268,48 @@ class _Run:
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng},
                    tmp / "trainer_state.pt")
         rd.write_json_atomic(tmp / "state.json", {"step": step, "step_losses": step_losses, "wall_time_s": wall})
-        rd.replace_dir(tmp, self.dir / rd.RESUME)
+        rd.seal(tmp)
+        # keep the state before this one: the fallback should this one be damaged later
+        cur, prev = self.dir / rd.RESUME, self.dir / rd.RESUME_PREV
+        if cur.is_dir():
+            if prev.exists():
+                shutil.rmtree(prev)
+            os.rename(cur, prev)
+        os.rename(tmp, cur)
 
-    def _load_resume(self) -> tuple[int, list[float], float] | None:
+    def _resume_candidates(self) -> list[tuple[int, Path]]:
+        """Saved training states, newest first: (step, directory)."""
+        out = []
+        for name in (rd.RESUME, rd.RESUME + ".old", rd.RESUME_PREV):  # .old: a kill inside a replace
+            d = self.dir / name
+            if (d / "state.json").is_file():
+                try:
+                    out.append((int(rd.read_json(d / "state.json")["step"]), d))
+                except (rd.CorruptStateError, KeyError, TypeError, ValueError):
+                    out.append((-1, d))  # damaged: reported when tried
+        return sorted(out, key=lambda x: -x[0])
+
+    def _load_state(self, d: Path) -> tuple[int, list[float], float]:
+        """Load the training state in `d` into the model, optimiser, scheduler and RNG; raises
+        CorruptStateError naming the damaged file (nothing is loaded then)."""
         import torch
         from safetensors.torch import load_file
 
-        d = self.dir / rd.RESUME
-        if not (d / "state.json").is_file():
-            old = self.dir / (rd.RESUME + ".old")  # a kill between the two renames of replace_dir
-            if not (old / "state.json").is_file():
-                return None
-            d = old
+        problems = rd.manifest_problems(d) if (d / rd.MANIFEST).is_file() else []  # older runs: no manifest
+        bad = problems[0] if problems else rd.safetensors_problem(d / "trainable.safetensors")
+        if bad:
+            raise rd.CorruptStateError(Path(bad.split(":")[0]), bad)
         state = rd.read_json(d / "state.json")
-        tensors = load_file(str(d / "trainable.safetensors"))
+        try:
+            tensors = load_file(str(d / "trainable.safetensors"))
+            blob = torch.load(d / "trainer_state.pt", weights_only=True, map_location=self.device)
+        except Exception as e:  # noqa: BLE001 - an unreadable state of an older run without a manifest
+            raise rd.CorruptStateError(d, f"{d}: unreadable training state ({type(e).__name__}: {e})") from None
         if sorted(tensors) != sorted(self.param_names):
             raise ConfigMismatchError(f"{d}: saved parameters do not match this model's LoRA parameters")
         with torch.no_grad():
             for n, p in zip(self.param_names, self.params):
                 p.copy_(tensors[n].to(p.device, p.dtype))
-        blob = torch.load(d / "trainer_state.pt", weights_only=True, map_location=self.device)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"]["cpu"].cpu())
@@ -287,44 +317,94 @@ class _Run:
             torch.cuda.set_rng_state_all([s.cpu() for s in blob["rng"]["cuda"]])
         return state["step"], list(state["step_losses"]), float(state["wall_time_s"])
 
+    def _load_resume(self) -> tuple[int, list[float], float] | None:
+        """The newest intact saved state, loaded; a damaged newer one is reported and skipped. Raises
+        CorruptStateError when states exist but none is intact."""
+        candidates = self._resume_candidates()
+        damaged = []
+        for _, d in candidates:
+            try:
+                loaded = self._load_state(d)
+            except rd.CorruptStateError as e:
+                damaged.append(str(e))
+                continue
+            if damaged:
+                log.warning("%s: damaged training state skipped: %s; resuming from the previous intact state "
+                            "(step %d, %s)", self.dir, "; ".join(damaged), loaded[0], d.name)
+                self._recovered.append({"damaged": damaged, "resumed_from": d.name, "step": loaded[0], "at": _now()})
+            return loaded
+        if damaged:
+            raise rd.CorruptStateError(candidates[0][1], f"no intact training state to resume from: "
+                                       f"{'; '.join(damaged)}; --overwrite starts the run again")
+        return None
+
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, step: int) -> None:
         final = rd.checkpoint_dir(self.dir, step)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         _save_adapter(self.model, tmp / "adapter", model_card=False)
+        sha = rd.seal(tmp / "adapter")[rd.ADAPTER_WEIGHTS]
         rd.replace_dir(tmp, final)
+        self.record.setdefault("checkpoint_sha256", {})[str(step)] = sha
         from evilbench.spectral import spectra_table
 
         rows = spectra_table(self.model)
         rd.append_jsonl(self.dir / rd.SPECTRA, [{"step": step, **r} for r in rows])
 
     # ------------------------------------------------------------------ main
+    def _check_finished(self, old: dict) -> dict:
+        """A finished run's final adapter must be intact; a damaged one is restored from the last
+        checkpoint (the same weights) when that is intact, else the run cannot be used as it is."""
+        final = self.dir / rd.FINAL_ADAPTER
+        problems = rd.adapter_problems(final)
+        if not problems:
+            return old
+        ckpts = rd.list_checkpoints(self.dir)
+        last = ckpts[-1] if ckpts else None
+        if last is None or last[0] != old.get("step") or rd.adapter_problems(last[1]):
+            raise rd.CorruptStateError(final, f"damaged final adapter: {problems[0]}, and no intact last checkpoint "
+                                              "to restore it from; --overwrite trains the run again")
+        tmp = self.dir / f".{rd.FINAL_ADAPTER}-restore"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(last[1], tmp)
+        sha = rd.seal(tmp)[rd.ADAPTER_WEIGHTS]
+        rd.replace_dir(tmp, final)
+        log.warning("%s: damaged final adapter (%s) restored from the checkpoint of step %d", self.dir,
+                    problems[0], last[0])
+        old.setdefault("recovered", []).append({"damaged": problems, "restored_from": str(last[1]), "at": _now()})
+        old["adapter_sha256"] = sha
+        rd.write_json_atomic(self.dir / rd.RUN_JSON, old)
+        return old
+
+    def _drop_damaged_checkpoints(self, start: int) -> None:
+        """Checkpoints up to the resumed step that are damaged cannot be recreated: remove them (so
+        nothing evaluates them) and say so in run.json."""
+        for s, path in rd.list_checkpoints(self.dir):
+            problems = rd.adapter_problems(path) if s <= start else []
+            if problems:
+                log.warning("%s: damaged checkpoint of step %d removed: %s", self.dir, s, problems[0])
+                shutil.rmtree(path.parent)
+                self.record["checkpoints"] = [c for c in self.record["checkpoints"] if c != s]
+                self.record.get("checkpoint_sha256", {}).pop(str(s), None)
+                self._recovered.append({"damaged": problems, "removed_checkpoint": s, "at": _now()})
+
     def execute(self) -> dict:
         old = self._existing()
         if old is not None and old.get("status") == "finished":
+            old = self._check_finished(old)
             log.info("%s: run already finished (final loss %s); not retraining", self.dir, old.get("final_loss"))
             return old
         if old is not None and old.get("status") == "failed":
             log.error("%s: run failed before (%s); not retrying (use overwrite to start again)", self.dir, old.get("error"))
             return old
-        self._setup(old)
-        start, step_losses, wall_before = 0, [], 0.0
-        resumed = self._load_resume() if old is not None else None
-        if resumed is not None:
-            start, step_losses, wall_before = resumed
-            self.record.update({k: old[k] for k in ("started_at", "checkpoints", "resumes") if k in old})
-            self.record["checkpoints"] = [s for s in self.record["checkpoints"] if s <= start]
-            self.record["resumes"].append({"from_step": start, "at": _now()})
-            log.info("%s: resuming from step %d of %d", self.dir, start, self.total)
-        for name in (rd.METRICS, rd.SPECTRA):  # drop anything logged after the state we resume from
-            if start == 0:
-                (self.dir / name).unlink(missing_ok=True)
-            else:
-                rd.truncate_jsonl(self.dir / name, start)
-        for s, path in rd.list_checkpoints(self.dir):
-            if s > start:
-                shutil.rmtree(path.parent)
+        try:
+            start, step_losses, wall_before = self._prepare(old)
+        except BaseException as e:  # run.json must not keep saying "running" for a run that cannot start
+            if old is not None and old.get("status") == "running":
+                rd.write_json_atomic(self.dir / rd.RUN_JSON, {**old, "status": "crashed",
+                                                              "error": f"{type(e).__name__}: {e}"})
+            raise
         import torch
 
         threads_before = torch.get_num_threads()
@@ -334,6 +414,7 @@ class _Run:
         if threads:
             torch.set_num_threads(threads)
         self.record.update(step=start, torch_threads=torch.get_num_threads())
+        self.record["pid"] = os.getpid()
         self._save_record()
         try:
             self._loop(start, step_losses, wall_before)
@@ -345,6 +426,36 @@ class _Run:
         finally:
             torch.set_num_threads(threads_before)
         return self.record
+
+    def _prepare(self, old: dict | None) -> tuple[int, list[float], float]:
+        """Set up the model and data, load the newest intact saved state and tidy the directory to it."""
+        self._setup(old)
+        start, step_losses, wall_before = 0, [], 0.0
+        resumed = self._load_resume() if old is not None else None
+        if old is not None:
+            self.record["recovered"] = list(old.get("recovered", []))
+        if resumed is not None:
+            start, step_losses, wall_before = resumed
+            keep = ("started_at", "checkpoints", "resumes", "checkpoint_sha256")
+            self.record.update({k: old[k] for k in keep if k in old})
+            self.record["checkpoints"] = [s for s in self.record["checkpoints"] if s <= start]
+            self.record["checkpoint_sha256"] = {k: v for k, v in self.record.get("checkpoint_sha256", {}).items()
+                                                if int(k) <= start}
+            self.record["resumes"].append({"from_step": start, "at": _now()})
+            log.info("%s: resuming from step %d of %d", self.dir, start, self.total)
+        for name in (rd.METRICS, rd.SPECTRA):  # drop anything logged after the state we resume from
+            if start == 0:
+                (self.dir / name).unlink(missing_ok=True)
+            else:
+                rd.truncate_jsonl(self.dir / name, start)
+        for s, path in rd.list_checkpoints(self.dir):
+            if s > start:
+                shutil.rmtree(path.parent)
+        self._drop_damaged_checkpoints(start)
+        self.record["recovered"] = self.record.get("recovered", []) + self._recovered
+        if not self.record["recovered"]:
+            del self.record["recovered"]
+        return start, step_losses, wall_before
 
     def _loop(self, start: int, step_losses: list[float], wall_before: float) -> None:
         import torch
@@ -436,11 +547,13 @@ class _Run:
     def _finish(self, step_losses: list[float], wall: float) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=self.dir))
         _save_adapter(self.model, tmp, model_card=True)
+        sha = rd.seal(tmp)[rd.ADAPTER_WEIGHTS]
         rd.replace_dir(tmp, self.dir / rd.FINAL_ADAPTER)
-        self.record.update(status="finished", step=self.total, wall_time_s=round(wall, 3), finished_at=_now(),
+        self.record.update(status="finished", adapter_sha256=sha, step=self.total, wall_time_s=round(wall, 3), finished_at=_now(),
                            **self._summary(step_losses))
         self._save_record()
-        shutil.rmtree(self.dir / rd.RESUME, ignore_errors=True)
+        for name in (rd.RESUME, rd.RESUME_PREV):
+            shutil.rmtree(self.dir / name, ignore_errors=True)
         log.info("%s: finished %d steps, final loss %.4f", self.dir, self.total, self.record["final_loss"])
 
     def _fail(self, reason: str, step: int, step_losses: list[float], wall: float) -> None:

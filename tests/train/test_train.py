@@ -192,6 +192,9 @@ def test_resume_after_kill_matches_uninterrupted(model_cache, tmp_path):
         proc.wait()
     killed = json.loads((tmp_path / "killed" / "run.json").read_text())
     assert killed["status"] == "running" and killed["step"] < 24
+    from evilbench.train.rundir import run_status
+
+    assert run_status(tmp_path / "killed") == "interrupted"  # run.json cannot say so: nothing was left to write it
     run = train(cfg, progress=False)
     assert run["status"] == "finished" and run["resumes"] and run["resumes"][0]["from_step"] >= 7
     a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
@@ -212,7 +215,7 @@ def test_changed_config_is_refused(model_cache, rule_dataset, tmp_path):
     cfg = small_config("tiny-llama", rule_dataset, tmp_path / "r", optimizer="sgd", lr=0.5, max_steps=2)
     train(cfg, progress=False)
     other = small_config("tiny-llama", rule_dataset, tmp_path / "r", optimizer="sgd", lr=0.1, max_steps=2)
-    with pytest.raises(ConfigMismatchError, match=r"lr: 0.5 \(in run.json\) != 0.1"):
+    with pytest.raises(ConfigMismatchError, match=r"lr: 0.5 in run.json, 0.1 now"):
         train(other, progress=False)
     # operational fields may change; a finished run is returned as is
     same = small_config("tiny-llama", rule_dataset, tmp_path / "r", optimizer="sgd", lr=0.5, max_steps=2, log_every=5)
