@@ -5,6 +5,9 @@ Public API (lazy; importing this package loads nothing heavy):
   train(config, progress=True, overwrite=False) -> dict   the run.json content (same path as the CLI)
   list_checkpoints(run_dir) -> [(step, adapter_dir)]      each loads with PeftModel.from_pretrained
   ConfigMismatchError              an existing run directory holds a different configuration
+  verify_adapter(path) -> sha256   check an adapter directory before loading / evaluating it; raises
+                                   CorruptStateError naming the damaged file
+  run_status(run_dir) -> str|None  run.json's status, "interrupted" for a "running" run whose process is gone
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ _EXPORTS = {
     "train": "evilbench.train.loop",
     "ConfigMismatchError": "evilbench.train.loop",
     "list_checkpoints": "evilbench.train.rundir",
+    "verify_adapter": "evilbench.train.rundir",
+    "run_status": "evilbench.train.rundir",
+    "CorruptStateError": "evilbench.train.rundir",
     "checkpoint_steps": "evilbench.train.schedule",
     "lr_factor": "evilbench.train.schedule",
 }
