@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "evilbench.train.cli",
     "eval": "evilbench.eval.cli",
     "toyworld": "evilbench.toyworld.cli",
+    "sweep": "evilbench.sweep.cli",
     "store": "evilbench.store.cli",
     "leaderboard": "evilbench.leaderboard.cli",
     "submission": "evilbench.leaderboard.submission_cli",
