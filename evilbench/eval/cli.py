@@ -128,7 +128,7 @@ def _targets(args) -> list[dict]:
         if args.output is None:
             raise UserError("--output DIR is required (or --run RUN_DIR)")
         return [{"label": "final", "adapter": args.adapter, "step": None, "output": Path(args.output)}]
-    from evilbench.train.rundir import list_checkpoints
+    from evilbench.train.rundir import list_checkpoints, verify_adapter
 
     run = Path(args.run)
     if not (run / "run.json").is_file():
@@ -138,13 +138,14 @@ def _targets(args) -> list[dict]:
         args.model = (record.get("config") or {}).get("model")
         if not args.model:
             raise UserError(f"{run}/run.json names no model: pass --model")
-    ckpts = dict(list_checkpoints(run))
+    ckpts = dict(list_checkpoints(run, verify=args.checkpoints != "final"))
     out = []
     if args.checkpoints == "final":
         if not (run / "adapter" / "adapter_config.json").is_file():
             raise UserError(f"{run} has no final adapter (status {record.get('status')!r}); "
                             f"checkpoints: {', '.join(map(str, ckpts)) or 'none'}")
-        step = record.get("steps") or record.get("final_step") or (max(ckpts) if ckpts else None)
+        verify_adapter(run / "adapter")
+        step = record.get("step") or (max(ckpts) if ckpts else None)
         out.append({"label": "final", "adapter": run / "adapter", "step": step})
     else:
         if args.checkpoints == "all":
