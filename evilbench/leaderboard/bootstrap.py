@@ -110,7 +110,7 @@ def cluster_bootstrap(num: np.ndarray, den: np.ndarray, seed_present: np.ndarray
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     present = np.asarray(seed_present, dtype=bool)
-    C, W, S, Q = num.shape
+    C, W, _, Q = num.shape
     point_w, point = _estimate(num, den, None, None)
     rng = np.random.default_rng(seed)
     reps_w = np.empty((n_boot, C, W))
@@ -119,7 +119,7 @@ def cluster_bootstrap(num: np.ndarray, den: np.ndarray, seed_present: np.ndarray
         b = min(chunk, n_boot - start)
         qw = rng.multinomial(max(Q - 1, 1), np.full(Q, 1.0 / Q), size=b).astype(np.float64)
         sw = _seed_weights(present, b, rng)
-        tw, t = _estimate(num, den, qw, sw)
+        tw, _ = _estimate(num, den, qw, sw)
         tw = np.where(np.isfinite(point_w)[None], tw, np.nan)  # a missing cell stays missing
         reps_w[start:start + b] = tw
         with _quiet():
