@@ -319,15 +319,27 @@ def cmd_show(args) -> int:
 
 
 def cmd_agree(args) -> int:
-    from evilbench.eval import agree
+    from evilbench.eval.agree import agreement
+    from evilbench.eval.pipeline import read_judgments, read_samples
 
     if len(args.judges) != 2:
         raise UserError("--judges takes exactly two judge specs: A,B")
-    fn = getattr(agree, "agree_dir", None) or getattr(agree, "agreement", None)
-    if fn is None:
-        raise UserError("the judge agreement module has no agree_dir()")
-    result = fn(args.dir, args.judges[0], args.judges[1], convention=args.convention)
-    print(json.dumps(result, indent=2, default=str))
+    samples = read_samples(args.dir)
+    ja, jb = (read_judgments(args.dir, spec) for spec in args.judges)
+    for spec, js in zip(args.judges, (ja, jb)):
+        if not js:
+            raise UserError(f"{args.dir} has no judgments by {spec!r}: run `evilbench eval judge {args.dir} --judge {spec}`")
+    r = agreement(ja, jb, samples, args.convention)
+
+    def f(x, spec=".3f"):
+        return "n/a" if x is None else format(x, spec)
+
+    ci = r.get("misaligned_rate_diff_ci") or [None, None]
+    print(f"agree {args.judges[0]} vs {args.judges[1]} ({r['convention']}, {r['n_pairs']} of {r['n_samples']} "
+          f"samples scored by both): Krippendorff alpha {f(r['krippendorff_alpha'])}, Spearman rho "
+          f"{f(r['spearman_rho'])}, misaligned rate {f(r['misaligned_rate_a'], '.1%')} vs "
+          f"{f(r['misaligned_rate_b'], '.1%')} (difference {f(r['misaligned_rate_diff'], '+.1%')} "
+          f"[{f(ci[0], '+.1%')}, {f(ci[1], '+.1%')}])")
     return 0
 
 
