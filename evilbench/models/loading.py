@@ -24,7 +24,8 @@ class ModelSource:
     revision: str | None = None
 
 
-def resolve_source(model: str | os.PathLike, revision: str | None = None) -> ModelSource:
+def resolve_source(model: str | os.PathLike, revision: str | None = None, *,
+                   trust_remote_code: bool = False) -> ModelSource:
     name = str(model)
     if name in registry():
         spec = get(name)
@@ -43,7 +44,7 @@ def resolve_source(model: str | os.PathLike, revision: str | None = None) -> Mod
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is a directory but has no config.json (not a Hugging Face model directory)")
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = read_model_config(path / "config.json", trust_remote_code)
         arch = (cfg.get("architectures") or [""])[0]
         return ModelSource(spec_for_model_type(cfg.get("model_type", ""), str(path.resolve()), arch),
                            str(path.resolve()), True, None)
@@ -65,16 +66,95 @@ def resolve_source(model: str | os.PathLike, revision: str | None = None) -> Mod
     return ModelSource(spec, name, False, revision)
 
 
-def _hub_call(fn, source: ModelSource, what: str, **kw):
+def read_model_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
+    """A model directory's config.json, checked before anything loads it: valid JSON, an object, and a
+    model_type this transformers knows (or custom code allowed). Errors name the file."""
+    path = Path(path)
     try:
-        return fn(source.location, revision=source.revision, **kw)
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not a text file") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected a JSON object (a Hugging Face model config), got a {type(cfg).__name__}")
+    model_type = cfg.get("model_type")
+    if not model_type:
+        raise ModelError(f"{path}: no model_type (not a Hugging Face model config)")
+    if not (trust_remote_code and cfg.get("auto_map")):
+        import transformers
+        from transformers import CONFIG_MAPPING
+
+        if model_type not in CONFIG_MAPPING:
+            raise ModelError(f"{path}: unknown model_type {model_type!r} (transformers {transformers.__version__} "
+                             "does not know it; a newer transformers, or --trust-remote-code for a model with "
+                             "custom code, may)")
+    return cfg
+
+
+_PROBE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, default huggingface.co) answers an HTTP request within
+    `timeout` seconds, DNS included (a proxy that accepts connections but cannot forward them, or
+    answers 404 for everything, does not count); False at once with HF_HUB_OFFLINE set. Cached per process."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    key = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    if key not in _PROBE:
+        import threading
+        import urllib.error
+        import urllib.request
+
+        ok = []
+
+        def probe():
+            try:
+                urllib.request.urlopen(urllib.request.Request(key + "/api/models?limit=1", method="HEAD"),
+                                       timeout=timeout).close()
+                ok.append(True)
+            except urllib.error.HTTPError as e:  # 401/403: the hub asks for a token; else not the hub
+                if e.code in (401, 403):
+                    ok.append(True)
+            except (OSError, ValueError):
+                pass
+
+        t = threading.Thread(target=probe, daemon=True)  # getaddrinfo itself has no timeout
+        t.start()
+        t.join(timeout)
+        _PROBE[key] = bool(ok)
+    return _PROBE[key]
+
+
+def download_hint(hf_id: str) -> str:
+    """The download command that exists here (`hf` replaced `huggingface-cli` in huggingface_hub 1.0)."""
+    import shutil
+
+    if shutil.which("hf") or not shutil.which("huggingface-cli"):
+        return f"hf download {hf_id}"
+    return f"huggingface-cli download {hf_id}"
+
+
+def _hub_call(fn, source: ModelSource, what: str, **kw):
+    """`fn(hf_id)` from the local cache first; the network only when the hub answers (no minute of
+    retries offline)."""
+    try:
+        return fn(source.location, revision=source.revision, local_files_only=True, **kw)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelError(
-            f"cannot load {what} of {source.location!r} from the local Hugging Face cache"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {e}. Download it first "
-            f"(`huggingface-cli download {source.location}`) or pass a local directory."
-        ) from e
+        cached_error = e
+    if hub_reachable():
+        try:
+            return fn(source.location, revision=source.revision, **kw)
+        except OSError as e:
+            raise ModelError(f"cannot load {what} of {source.location!r}: {e}") from e
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    twin = f", or try the pipeline offline on its tiny twin (--model {source.spec.twin})" if source.spec.twin else ""
+    raise ModelError(
+        f"{what} of {source.location!r} is not in the local Hugging Face cache and the hub is "
+        f"{'switched off (HF_HUB_OFFLINE is set)' if offline else 'unreachable (offline)'}. Download it on a "
+        f"connected machine (`{download_hint(source.location)}`) into this cache, pass a local directory"
+        f"{twin}") from cached_error
 
 
 def local_fingerprint(path: str | Path) -> str:

@@ -157,7 +157,7 @@ class _Run:
         if old and old.get("dataset", {}).get("sha256") not in (None, dataset.sha256):
             raise ConfigMismatchError(f"dataset {cfg.dataset!r} changed since this run started "
                                       f"(sha256 {old['dataset']['sha256']} -> {dataset.sha256}); use --overwrite")
-        source = resolve_source(cfg.model, cfg.revision)
+        source = resolve_source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
         revision = model_revision(source)
         if old and old.get("model", {}).get("revision") not in (None, revision):
             raise ConfigMismatchError(f"model {cfg.model!r} changed since this run started "
