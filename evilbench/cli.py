@@ -18,6 +18,7 @@ COMMANDS = {
     "toyworld": "evilbench.toyworld.cli",
     "sweep": "evilbench.sweep.cli",
     "store": "evilbench.store.cli",
+    "analyze": "evilbench.analysis.cli",
     "leaderboard": "evilbench.leaderboard.cli",
     "submission": "evilbench.leaderboard.submission_cli",
 }
