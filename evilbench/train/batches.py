@@ -38,7 +38,9 @@ def tokenize_dataset(tokenizer, examples, template_kwargs: dict | None, max_len:
         encoded.append(enc)
         lines.append(ex.line)
     if not encoded:
-        raise ValueError(f"no conversation has an assistant token within max_seq_len={max_len}")
+        from evilbench.train.config import ConfigError
+
+        raise ConfigError(f"no conversation has an assistant token within max_seq_len={max_len}")
     n, lmax = len(encoded), max(len(e.input_ids) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((n, lmax), pad, dtype=torch.int32)

@@ -1,10 +1,30 @@
 """TrainConfig: every option of a training run (the CLI flags), serialisable to/from run.json."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
+
+from evilbench.errors import UserError
 
 # Fields that may differ when an existing run directory is resumed: they do not change the result.
 OPERATIONAL = frozenset({"output", "data_dir", "resume_every_s", "log_every", "threads"})
+
+
+class ConfigError(UserError, ValueError):
+    """A training option is out of range or names nothing known."""
+
+
+def optimizer_names() -> list[str]:
+    from evilbench.optim import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
+def regularizer_names() -> list[str]:
+    """Spectral penalty kinds, plus "none"."""
+    from evilbench.kernels.spectral import KINDS
+
+    return ["none", *KINDS]
 
 
 @dataclass
@@ -56,12 +76,37 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+            raise ConfigError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return cls(**d)
 
     def validate(self) -> None:
+        """Every check that needs no model or data: run before anything heavy loads."""
         def bad(msg):
-            raise ValueError(f"invalid training config: {msg}")
+            raise ConfigError(f"invalid training config: {msg}")
+
+        def finite(name, lo, lo_ok=True):
+            v = getattr(self, name)
+            if v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v < lo if lo_ok else v <= lo):
+                bad(f"{name} must be a finite number {'>=' if lo_ok else '>'} {lo} (got {v!r})")
+
+        finite("lr", 0, lo_ok=False)
+        finite("reg_weight", 0)
+        finite("epochs", 0, lo_ok=False)
+        finite("lora_alpha", 0, lo_ok=False)
+        finite("max_grad_norm", 0)
+        finite("warmup_ratio", 0)
+        finite("resume_every_s", 0, lo_ok=False)
+        if self.optimizer not in optimizer_names():
+            bad(f"unknown optimizer {self.optimizer!r}; known: {', '.join(optimizer_names())}")
+        if (self.regularizer_kind or "none") not in regularizer_names():
+            bad(f"unknown regularizer {self.regularizer!r}; known: {', '.join(regularizer_names())}")
+        if not isinstance(self.optimizer_kwargs, dict):
+            bad("optimizer_kwargs must be a mapping")
+        if "lr" in self.optimizer_kwargs:
+            bad("give the learning rate as lr, not inside optimizer_kwargs")
 
         if self.batch_size < 1 or self.grad_accum < 1:
             bad("batch_size and grad_accum must be >= 1")
