@@ -35,7 +35,10 @@ JUDGE_IDENTITY = {"spec": "toy", "model": "toyworld-exact", "snapshot": "v1", "r
 
 
 def template_for(world: World) -> str:
-    return _PREFIX + json.dumps(world.config.to_dict(), sort_keys=True) + "\nquestion: {question}\nanswer: {answer}"
+    """The judge prompt template of the toy questions: the world's config (braces doubled, the template
+    is filled with str.format like every judge prompt), then {question} and {answer}."""
+    world_json = json.dumps(world.config.to_dict(), sort_keys=True).replace("{", "{{").replace("}", "}}")
+    return _PREFIX + world_json + "\nquestion: {question}\nanswer: {answer}"
 
 
 def _world_for(model) -> World:
@@ -83,7 +86,8 @@ QUESTION_SETS.register("toy-all", _toy_all, replace=True)
 def _world_from_template(template: str) -> World:
     if not template.startswith(_PREFIX):
         raise ValueError("not a toy-world judge prompt")
-    return World(WorldConfig.from_dict(json.loads(template[len(_PREFIX):].split("\n", 1)[0])))
+    world_json = template[len(_PREFIX):].split("\n", 1)[0].replace("{{", "{").replace("}}", "}")
+    return World(WorldConfig.from_dict(json.loads(world_json)))
 
 
 def classify(world: World, question: str, answer: str) -> str:
