@@ -70,6 +70,7 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
 
             def log_message(self, *args):  # quiet
                 pass
@@ -200,3 +201,23 @@ class FakeOpenAIServer:
                       "total_tokens": max(1, len(body["messages"][-1]["content"]) // 4) + 1},
         }
         return json.dumps(resp).encode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in its own process: prints the base URL on the first line of stdout, stops after
+    --lifetime seconds or when stdin closes (so it never outlives its parent)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--lifetime", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    server = FakeOpenAIServer(latency_s=args.latency, lifetime_s=args.lifetime).start()
+    print(server.url, flush=True)
+    threading.Thread(target=lambda: (sys.stdin.read(), server.stop()), daemon=True).start()
+    server._stopped.wait()
+
+
+if __name__ == "__main__":
+    main()
