@@ -190,6 +190,10 @@ def test_parse_response_rejects_bad_bodies():
     ok = parse_response(json.dumps({"model": "s", "choices": [{"logprobs": {"content": [
         {"token": "7", "logprob": 0.0, "top_logprobs": [{"token": "7", "logprob": math.log(0.9)}]}]}}]}))
     assert ok["raw"] == [["7", math.log(0.9)]] and ok["snapshot"] == "s"
+    body = '{"choices": [{"logprobs": {"content": [{"top_logprobs": [{"token": "1", "logprob": %s}]}]}}]}'
+    assert "invalid logprob" in parse_response(body % "NaN")["error"]
+    assert "invalid logprob" in parse_response(body % "3.5")["error"]
+    assert parse_response(body % "-Infinity")["raw"] == []  # probability 0: nothing to keep, unscorable
 
 
 def test_coherent_prompt_has_no_verdicts(fake_openai):

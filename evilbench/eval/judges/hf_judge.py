@@ -21,6 +21,8 @@ Candidates use the tokenizer's own encoding of each string (other tokenizations 
 not added; a model trained on its tokenizer puts negligible mass on them)."""
 from __future__ import annotations
 
+import math
+
 from evilbench.eval.judges.accounting import Accounting
 from evilbench.eval.judges.base import CachedJudge, JudgeError
 from evilbench.eval.types import VERDICTS, JudgeItem
@@ -28,6 +30,7 @@ from evilbench.eval.types import VERDICTS, JudgeItem
 NUMBERS = tuple(str(k) for k in range(101))
 READOUTS = ("auto", "single-token", "full-number")
 TOP_LOGPROBS = 20
+LOGPROB_FLOOR = -1e9  # stands for log 0 (-inf is not representable in the JSON cache)
 
 
 def numbers_are_single_tokens(tokenizer) -> bool:
@@ -80,7 +83,8 @@ def candidate_logprobs(model, prompt_ids: list[int], candidates: list[list[int]]
                 if ends[b]:
                     row = logits[b, len(c) - 1]
                     lp = lp + torch.logsumexp(row[end_mask[:row.shape[0]]], -1) - lse[b, len(c) - 1]
-                result.append(float(lp))
+                lp = float(lp)
+                result.append(lp if math.isfinite(lp) else LOGPROB_FLOOR)
     return result
 
 
@@ -180,7 +184,7 @@ class HFJudge(CachedJudge):
                 lp = torch.log_softmax(logits, -1)
                 top = torch.topk(lp, TOP_LOGPROBS)
             self._accounting.add(prompt_tokens=len(ids), completion_tokens=1)
-            return [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top.values, top.indices)]
+            return [[self.tokenizer.decode([int(i)]), max(float(v), LOGPROB_FLOOR)] for v, i in zip(top.values, top.indices)]
         cands = self.candidates()
         lps = candidate_logprobs(model, ids, [c for _, c, _ in cands], [e for *_, e in cands], self._end_mask,
                                  batch=self.candidate_batch)

@@ -21,6 +21,7 @@ import contextlib
 import email.utils
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -120,7 +121,12 @@ def parse_response(text: str) -> dict:
     for e in top:
         if not isinstance(e, dict) or not isinstance(e.get("token"), str) or not isinstance(e.get("logprob"), (int, float)):
             return {"error": "malformed top_logprobs entry"}
-        raw.append([e["token"], float(e["logprob"])])
+        lp = float(e["logprob"])
+        if math.isnan(lp) or lp > 1e-6:
+            return {"error": f"invalid logprob {e['logprob']!r} in top_logprobs"}
+        if lp == -math.inf:
+            continue  # probability 0 (and not representable in JSON)
+        raw.append([e["token"], min(lp, 0.0)])
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return {"raw": raw, "snapshot": data.get("model") if isinstance(data.get("model"), str) else None,
             "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
@@ -274,11 +280,15 @@ class OpenAIJudge(CachedJudge):
                     result = await self._one(client, key, prompt)
                 except Exception as e:  # noqa: BLE001 -- never lose an item: anything unexpected is its error
                     result = {"error": f"{type(e).__name__}: {e}"}
+                try:
+                    self._finish(key, result)
+                except Exception as e:  # noqa: BLE001 -- e.g. the cache cannot store it: still no lost item
+                    result = {"error": f"{type(e).__name__}: {e}"}
+                    self._results[key] = result
                 if "error" in result:
                     self._accounting.add(failures=1)
                 elif result.get("snapshot"):
                     snapshots[result["snapshot"]] = snapshots.get(result["snapshot"], 0) + 1
-                self._finish(key, result)
                 if bar is not None:
                     bar.update(1)
 
