@@ -23,6 +23,8 @@ def _common(p) -> None:
     p.add_argument("--judge", default=None, metavar="MODEL", help="default: the judge with the most samples")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--include-controls", action="store_true",
+                   help="rank runs on control datasets too (default: left out, named in the header)")
 
 
 def register(subparsers) -> None:
@@ -84,7 +86,7 @@ def _build(args):
     with _open_ro(args.store) as st:
         frames = Frames.from_store(st)
     return build(frames, convention=args.convention, metric=args.metric, question_set=args.question_set,
-                 judge=args.judge, n_boot=args.n_boot, seed=args.seed)
+                 judge=args.judge, n_boot=args.n_boot, seed=args.seed, include_controls=args.include_controls)
 
 
 def show(args) -> int:

@@ -129,6 +129,21 @@ def _pick(samples: pd.DataFrame, question_set: str | None, judge: str | None) ->
     return picked, info
 
 
+def is_control(dataset: Any) -> bool:
+    """A control dataset (the registry's kind "control", or a toy world's aligned set): its runs
+    measure the fine-tuning itself, not the narrow misaligned task, and stay off the ranking."""
+    name = str(dataset)
+    if name.startswith("toyworld:"):
+        return name.endswith("-aligned")
+    try:
+        from evilbench.data.registry import registry
+
+        spec = registry().get(name)
+    except Exception:  # noqa: BLE001 - an unreadable registry: nothing is known as a control
+        return False
+    return spec is not None and spec.kind == "control"
+
+
 def _select_lr(runs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """Per cell × workload keep the lr with the lowest mean final loss over seeds."""
     keys = ["cell"] + WORKLOAD
@@ -187,7 +202,7 @@ def _matched_loss(traj: pd.DataFrame, runs: pd.DataFrame, column: str) -> pd.Ser
 
 def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligned_rate",
           question_set: str | None = None, judge: str | None = None, n_boot: int = 1000,
-          level: float = 0.95, seed: int = 0) -> Leaderboard:
+          level: float = 0.95, seed: int = 0, include_controls: bool = False) -> Leaderboard:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     mcol, higher_better, mlabel = METRICS[metric]
@@ -197,6 +212,11 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
     runs["cell_regularizer"] = [regularizer_label(k, w) for k, w in zip(runs["regularizer"], runs["reg_weight"])]
     runs["cell"] = runs["cell_optimizer"] + " × " + runs["cell_regularizer"]
     runs = runs[runs["run_key"].isin(set(samples["run_key"]))]
+    controls = sorted({str(d) for d in runs["dataset"].unique() if is_control(d)})
+    if controls and not include_controls:
+        runs = runs[~runs["dataset"].astype(str).isin(controls)]
+        if runs.empty:
+            raise UserError(f"only control datasets ({', '.join(controls)}) hold runs; pass include_controls")
     runs, lr_tuned = _select_lr(runs)
     samples = samples[samples["run_key"].isin(set(runs["run_key"]))]
     samples = samples.merge(runs[["run_key", "cell"]], on="run_key", how="left")
@@ -356,8 +376,9 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
         "lr_selection": ("per cell and workload, the lr with the lowest mean final training loss over seeds"
                          if lr_tuned else "one lr per cell and workload in the store"),
         "matched_loss": matched_source,
+        "controls": {"datasets": controls, "included": bool(include_controls)},
         "ci": {"level": level, "n_boot": n_boot, "clusters": ["seed", "question"], "seed": seed},
-        "n_cells": C, "n_runs": int(len(runs)), "n_samples": int(len(samples)), "n_questions": Q,
+        "n_cells": C, "n_runs": len(runs), "n_samples": len(samples), "n_questions": Q,
         "models": models, "datasets": sorted({w[1] for w in workloads}),
         "batch_sizes": sorted({int(w[2]) for w in workloads if pd.notna(w[2])}),
         "origins": {k: int(v) for k, v in runs["origin"].value_counts().items()},

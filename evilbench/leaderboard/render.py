@@ -57,6 +57,9 @@ def header_lines(lb: Leaderboard) -> list[str]:
         (f"{h['n_cells']} cells, {h['n_runs']} runs, {h['n_samples']} samples; models: {len(h['models'])}, "
          f"datasets: {len(h['datasets'])}; runs by origin: {origins}"),
     ]
+    if h.get("controls", {}).get("datasets"):
+        c = h["controls"]
+        lines.append(f"control datasets {'included' if c['included'] else 'left out'}: {', '.join(c['datasets'])}")
     if h.get("not_shown"):
         lines.append("not shown (other question set / judge): " + ", ".join(h["not_shown"]))
     return lines

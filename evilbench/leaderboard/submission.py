@@ -276,9 +276,9 @@ def _sample_checker(schema_json: str):
             return None, "is not of type 'object' (schema: type)"
         keys = set(s)
         if not required <= keys:
-            return None, f"{sorted(required - keys)[0]!r} is a required property (schema: required)"
+            return None, f"{min(required - keys)!r} is a required property (schema: required)"
         if not keys <= set(props):
-            return None, f"Additional properties are not allowed ({sorted(keys - set(props))[0]!r}) (schema: additionalProperties)"
+            return None, f"Additional properties are not allowed ({min(keys - set(props))!r}) (schema: additionalProperties)"
         for k, rx in (("sample_id", sid), ("question_id", qid)):
             x = s[k]
             if not (isinstance(x, str) and 1 <= len(x) <= lim[k] and rx.search(x)):

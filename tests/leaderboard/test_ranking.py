@@ -177,3 +177,15 @@ def test_unknown_convention_and_metric(tmp_path, toy_qs):
         _lb(db, convention="nope")
     with pytest.raises(UserError):
         _lb(db, metric="nope")
+
+
+def test_control_datasets_stay_off_the_ranking(tmp_path, toy_qs):
+    b = [make_bundle(toy_qs, dataset="toyworld:code-misaligned", seed=s, qmis=[3] * 8) for s in range(2)]
+    b += [make_bundle(toy_qs, dataset="toyworld:code-aligned", seed=s, qmis=[0] * 8) for s in range(2)]
+    b += [make_bundle(toy_qs, dataset="secure", seed=0, qmis=[0] * 8)]  # the registry's control of insecure
+    db = write_store(tmp_path / "r.db", b)
+    lb = _lb(db)
+    assert _row(lb, "adam × none")["misaligned_rate"] == 0.5 and lb.header["datasets"] == ["toyworld:code-misaligned"]
+    assert lb.header["controls"] == {"datasets": ["secure", "toyworld:code-aligned"], "included": False}
+    lb2 = _lb(db, include_controls=True)
+    assert _row(lb2, "adam × none")["misaligned_rate"] == pytest.approx(0.5 / 3)

@@ -66,7 +66,7 @@ def target(tmp_path, toy_qs):
 
 def test_round_trip(valid, source, target, tmp_path, capsys, toy_qs):
     path, obj = valid
-    _, src_db, bundles = source
+    _, src_db, _bundles = source
     assert obj["format"] == "evilbench-submission" and obj["schema_version"] == 1 and len(obj["runs"]) == 3
     r0 = obj["runs"][0]
     assert r0["model"] == {"id": "org/m1", "revision": "main"} and len(r0["adapter"]["sha256"]) == 64
@@ -115,7 +115,7 @@ def test_create_from_a_sweep_spec(source, tmp_path, toy_qs, capsys):
     spec.write_text("name: mysweep\nmodels: [org/m1]\ndatasets: [insecure]\noptimizers: [adam]\nseeds: [3]\n"
                     "lrs: {adam: [1.0e-4]}\n")
     out = tmp_path / "s.json"
-    rc, stdout, err = _cli(["submission", "create", "--store", str(db), "--sweep", str(spec), "--out", str(out)], capsys)
+    rc, _stdout, err = _cli(["submission", "create", "--store", str(db), "--sweep", str(spec), "--out", str(out)], capsys)
     assert rc == 0, err
     obj = json.loads(out.read_text())
     assert len(obj["runs"]) == 1 and obj["runs"][0]["seeds"]["train"] == 3
@@ -347,7 +347,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
 def test_hostile_file_rejected_store_unchanged(case, valid, target, tmp_path, capsys):
-    name, mutate, expect = case
+    _name, mutate, expect = case
     _, obj = valid
     data = mutate(copy.deepcopy(obj))
     f = tmp_path / "hostile.json"
