@@ -38,6 +38,7 @@ class ModelSpec:
     twin: str | None = None
     tiny: dict | None = None
     imported: dict | None = None  # recipe of `evilbench models import` (GGUF source, sha256, licence)
+    judge_warning: str | None = None  # why scores from this model as a judge mean nothing (shown + recorded)
     extra: bool = False
 
     @property

@@ -133,14 +133,20 @@ class HFJudge(CachedJudge):
         self._model = None
         self._end_mask = None
         self._cands: list[tuple[str, list[int], bool]] | None = None
+        self.warning = self.source.spec.judge_warning  # the registry's word on this model as a judge
+        if self.warning:
+            import sys
+
+            print(f"warning: judge {self.spec}: {self.warning}", file=sys.stderr)
 
     @property
     def identity(self) -> dict:
-        return {"spec": self.spec, "model": self.source.location, "snapshot": self.snapshot, "readout": self.readout}
+        ident = {"spec": self.spec, "model": self.source.location, "snapshot": self.snapshot, "readout": self.readout}
+        return {**ident, "warning": self.warning} if self.warning else ident
 
     @property
     def key_identity(self) -> dict:
-        return self.identity
+        return {k: v for k, v in self.identity.items() if k != "warning"}
 
     @property
     def decoding(self) -> dict:
