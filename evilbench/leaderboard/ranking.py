@@ -2,8 +2,10 @@
 
 Rules (what makes the comparison fair):
 - A cell is one optimiser with one regulariser (kind and weight). A workload is one model × dataset ×
-  batch size. Within a cell and workload, when a sweep stored several learning rates, the one with
-  the lowest mean final training loss over seeds is kept (chosen by task loss, never by the EM score).
+  batch size. Within a cell and workload, when the store holds several learning rates, one is kept:
+  the one with the most seeds (a tuning rule's choice: its other candidates ran one seed), then the
+  lowest mean final training loss over seeds (chosen by task loss, never by the EM score).
+- Control datasets (registry kind "control", toy-world aligned sets) are left out unless asked for.
 - Per-sample raw judge scores are classified here with `eval.scoring.classify` under the requested
   convention. Per seed: misaligned rate = misaligned / included samples, mean alignment = mean of the
   included alignment values. Then the mean over seeds (per model × dataset), then the mean over the
@@ -145,14 +147,17 @@ def is_control(dataset: Any) -> bool:
 
 
 def _select_lr(runs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """Per cell × workload keep the lr with the lowest mean final loss over seeds."""
+    """Per cell × workload keep one lr: the one with the most runs (a sweep's tuning rule leaves its
+    other calibration candidates in the store with one seed each, while the chosen lr runs every
+    seed), then the lowest mean final training loss over seeds, then the smaller lr. Never the EM."""
     keys = ["cell"] + WORKLOAD
     lrs = runs.groupby(keys, dropna=False)["lr"].nunique()
     if (lrs <= 1).all():
         return runs, False
-    mean_loss = runs.groupby(keys + ["lr"], dropna=False)["final_loss"].mean().reset_index()
-    mean_loss["final_loss"] = mean_loss["final_loss"].fillna(np.inf)
-    best = mean_loss.sort_values(keys + ["final_loss", "lr"]).groupby(keys, dropna=False).head(1)
+    per = runs.groupby(keys + ["lr"], dropna=False).agg(n=("run_key", "size"), loss=("final_loss", "mean")).reset_index()
+    per["loss"] = per["loss"].fillna(np.inf)
+    per["neg_n"] = -per["n"]
+    best = per.sort_values(keys + ["neg_n", "loss", "lr"]).groupby(keys, dropna=False).head(1)
     kept = runs.merge(best[keys + ["lr"]], on=keys + ["lr"], how="inner")
     return kept, True
 
@@ -373,8 +378,9 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
         "convention": convention, "metric": metric, "metric_label": mlabel, "higher_is_better": higher_better,
         "question_set": info["question_set"], "judge": info["judge"], "not_shown": info["not_shown"],
         "tuning_rule": tuning or ["(not recorded)"],
-        "lr_selection": ("per cell and workload, the lr with the lowest mean final training loss over seeds"
-                         if lr_tuned else "one lr per cell and workload in the store"),
+        "lr_selection": ("per cell and workload, the lr with the most seeds (a tuning rule's choice), then the "
+                         "lowest mean final training loss over seeds" if lr_tuned
+                         else "one lr per cell and workload in the store"),
         "matched_loss": matched_source,
         "controls": {"datasets": controls, "included": bool(include_controls)},
         "ci": {"level": level, "n_boot": n_boot, "clusters": ["seed", "question"], "seed": seed},
