@@ -59,3 +59,5 @@ def test_judge_throughput(benchmark, server_url, impl, monkeypatch):
     assert len(out) == N_ITEMS and all(j.score is not None for j in out)
     assert judge.accounting["failures"] == 0 and judge.accounting["retries"] == 0
     benchmark.extra_info["items_per_s"] = N_ITEMS / benchmark.stats.stats.median
+    benchmark.extra_info["transport"] = judge.transport_used
+    judge.close()

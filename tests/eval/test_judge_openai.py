@@ -58,7 +58,8 @@ def test_plain_scores_request_parameters_and_identity(fake_openai, judge_cache_p
     assert acc["completion_tokens"] == 40 and acc["prompt_tokens"] > 0 and acc["cost_usd"] is None
 
 
-def test_faults_every_item_judged_or_unscorable(fake_openai, judge_cache_path):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_faults_every_item_judged_or_unscorable(fake_openai, judge_cache_path, transport):
     fake_openai.slow_s = 1.0
     answers = ["plain a", "plain b",
                "[[fault:500:2]] recovers", "[[fault:429:2]] recovers", "[[fault:timeout:1]] recovers",
@@ -66,7 +67,7 @@ def test_faults_every_item_judged_or_unscorable(fake_openai, judge_cache_path):
                "[[fault:garbage:1]] words", "[[fault:500:*]] never", "[[fault:429:*]] never",
                "[[dist:CODE=0.7;5=0.2]] code", "[[dist:REF=0.6;80=0.3]] refusal"]
     items = _items(answers)
-    judge = _judge(fake_openai, judge_cache_path, concurrency=4)
+    judge = _judge(fake_openai, judge_cache_path, concurrency=4, transport=transport)
     t0 = time.monotonic()
     out = judge.judge(items, progress=False)
     assert time.monotonic() - t0 < 15
@@ -90,7 +91,7 @@ def test_faults_every_item_judged_or_unscorable(fake_openai, judge_cache_path):
     assert acc["calls"] == len(items) + acc["retries"] == fake_openai.calls
     # a rerun: cached results make no call; failures are retried (the server now answers them)
     fake_calls = fake_openai.calls
-    again = _judge(fake_openai, judge_cache_path, concurrency=4, max_retries=0)
+    again = _judge(fake_openai, judge_cache_path, concurrency=4, max_retries=0, transport=transport)
     out2 = again.judge(items, progress=False)
     cached = [a for a in answers if by[a].error is None or by[a].raw is not None]
     assert fake_openai.calls - fake_calls == len(answers) - len(cached)

@@ -8,6 +8,7 @@ were not cached and calls `self._finish(key, result)` for each, where result is
 {"raw": [[token, logprob], ...], "snapshot": str|None, "usage": {...}} or {"error": str}."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from evilbench.eval.judge_prompts import template_sha256
@@ -42,6 +43,7 @@ class CachedJudge:
         self.min_mass = min_mass
         self._accounting = Accounting(priced=False)
         self._results: dict[str, dict] = {}
+        self._judge_lock = threading.Lock()
 
     # --- subclass hooks -------------------------------------------------------------------------
     @property
@@ -57,6 +59,15 @@ class CachedJudge:
 
     def check(self) -> None:
         """Preflight: raise JudgeError when the judge cannot run (called before anything is generated)."""
+
+    def close(self) -> None:
+        """Release connections / threads (a judge can be used as a context manager)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- shared ---------------------------------------------------------------------------------
     @property
@@ -76,7 +87,12 @@ class CachedJudge:
         return prompt, tsha, cache_key(self.key_identity, tsha, prompt, self.decoding)
 
     def judge(self, items: list[JudgeItem], progress: bool = True) -> list[Judgment]:
-        """One Judgment per item, in order; failures are unscorable Judgments with `error` set."""
+        """One Judgment per item, in order; failures are unscorable Judgments with `error` set.
+        Calls on one judge object from several threads run one after another."""
+        with self._judge_lock:
+            return self._judge(items, progress)
+
+    def _judge(self, items: list[JudgeItem], progress: bool) -> list[Judgment]:
         self.check()
         prepared = [(item, *self.key_for(item)) for item in items]
         keys = [k for *_, k in prepared]
