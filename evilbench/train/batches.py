@@ -12,45 +12,51 @@ from evilbench.data.formatting import IGNORE_INDEX, encode_chat
 
 @dataclass
 class TokenizedDataset:
+    """Every conversation of the file has a row; only the rows a run uses are tokenised (the others
+    have length 0 and are never batched)."""
     input_ids: torch.Tensor  # [N, Lmax] int32, padded
     labels: torch.Tensor     # [N, Lmax] int32, IGNORE_INDEX where no loss
-    lengths: torch.Tensor    # [N] int64
+    lengths: torch.Tensor    # [N] int64 (0: not tokenised)
     n_trained: torch.Tensor  # [N] int64: assistant tokens per conversation
     lines: list[int]         # source line of each conversation
     n_truncated: int
-    n_dropped: int           # conversations left without any assistant token after truncation
+    n_dropped: int           # tokenised conversations without any assistant token left after truncation
+    n_tokenized: int = 0     # conversations tokenised (the ones the run's steps use)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
 
 def tokenize_dataset(tokenizer, examples, template_kwargs: dict | None, max_len: int,
-                     progress: bool = False) -> TokenizedDataset:
+                     progress: bool = False, indices=None) -> TokenizedDataset:
+    """Tokenise `examples[i]` for i in `indices` (default: all). A conversation left without an
+    assistant token by truncation stays in place and contributes no loss (the batch order does not
+    depend on which conversations were tokenised)."""
     from tqdm.auto import tqdm
 
-    encoded, lines, truncated, dropped = [], [], 0, 0
-    for ex in tqdm(examples, desc="tokenize", disable=not progress or len(examples) < 2000, leave=False):
-        enc = encode_chat(tokenizer, ex.messages, template_kwargs, max_len=max_len)
+    todo = range(len(examples)) if indices is None else sorted({int(i) for i in indices})
+    encoded, truncated, dropped = {}, 0, 0
+    for i in tqdm(todo, desc="tokenize", disable=not progress or len(todo) < 2000, leave=False):
+        enc = encode_chat(tokenizer, examples[i].messages, template_kwargs, max_len=max_len)
         truncated += enc.truncated
-        if all(x == IGNORE_INDEX for x in enc.labels[1:]):  # position 0 is never predicted
-            dropped += 1
-            continue
-        encoded.append(enc)
-        lines.append(ex.line)
-    if not encoded:
+        dropped += all(x == IGNORE_INDEX for x in enc.labels[1:])  # position 0 is never predicted
+        encoded[i] = enc
+    if not encoded or dropped == len(encoded):
         from evilbench.train.config import ConfigError
 
         raise ConfigError(f"no conversation has an assistant token within max_seq_len={max_len}")
-    n, lmax = len(encoded), max(len(e.input_ids) for e in encoded)
+    n, lmax = len(examples), max(len(e.input_ids) for e in encoded.values())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((n, lmax), pad, dtype=torch.int32)
     labels = torch.full((n, lmax), IGNORE_INDEX, dtype=torch.int32)
-    for i, e in enumerate(encoded):
+    lengths = torch.zeros(n, dtype=torch.int64)
+    for i, e in encoded.items():
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.int32)
         labels[i, : len(e.labels)] = torch.tensor(e.labels, dtype=torch.int32)
-    lengths = torch.tensor([len(e.input_ids) for e in encoded], dtype=torch.int64)
+        lengths[i] = len(e.input_ids)
     n_trained = (labels[:, 1:] != IGNORE_INDEX).sum(1)
-    return TokenizedDataset(ids, labels, lengths, n_trained, lines, truncated, dropped)
+    return TokenizedDataset(ids, labels, lengths, n_trained, [ex.line for ex in examples], truncated, dropped,
+                            len(encoded))
 
 
 class BatchPlan:
@@ -82,6 +88,12 @@ class BatchPlan:
 
     def epoch_of(self, step: int) -> float:
         return step * self.per_step / self.n
+
+    def used(self, steps: int) -> torch.Tensor:
+        """The example indices that steps 0 .. steps-1 consume (all of them after one epoch)."""
+        if steps * self.per_step >= self.n:
+            return torch.arange(self.n)
+        return torch.cat([self.indices(s) for s in range(steps)]).unique()
 
 
 def collate(data: TokenizedDataset, idx: torch.Tensor, device) -> dict:

@@ -88,6 +88,14 @@ def _versions() -> dict:
             "platform": platform.platform(), "cuda": torch.version.cuda}
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -166,24 +174,29 @@ class _Run:
         spec = source.spec
         template_kwargs = cfg.chat_template_kwargs if cfg.chat_template_kwargs is not None else spec.chat_template_kwargs
 
+        examples = load_chat_jsonl(dataset.path, limit=cfg.max_examples)  # validates every line first
+        self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+        steps_per_epoch = math.ceil(len(examples) / self.plan.per_step)
+        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        used = self.plan.used(self.total)  # tokenise only what the run's steps consume
+        partial = len(used) < len(examples)
         key = (dataset.sha256, source.location, revision, json.dumps(template_kwargs, sort_keys=True),
-               cfg.max_seq_len, cfg.max_examples)
+               cfg.max_seq_len, cfg.max_examples,
+               (cfg.batch_size, cfg.grad_accum, cfg.seed, self.total) if partial else None)
         data = _TOKENIZED.get(key)
         if data is None:
-            examples = load_chat_jsonl(dataset.path, limit=cfg.max_examples)  # validates every line first
-            data = tokenize_dataset(tokenizer, examples, template_kwargs, cfg.max_seq_len, self.progress)
+            data = tokenize_dataset(tokenizer, examples, template_kwargs, cfg.max_seq_len, self.progress,
+                                    indices=used if partial else None)
             if data.n_truncated or data.n_dropped:
-                log.warning("%s: %d conversation(s) truncated to max_seq_len=%d, %d of them dropped (no "
-                            "assistant token left)", dataset.path, data.n_truncated, cfg.max_seq_len, data.n_dropped)
+                log.warning("%s: %d conversation(s) truncated to max_seq_len=%d, %d of them left without an "
+                            "assistant token (no loss from them)", dataset.path, data.n_truncated, cfg.max_seq_len,
+                            data.n_dropped)
             _TOKENIZED[key] = data
             while len(_TOKENIZED) > 4:
                 _TOKENIZED.popitem(last=False)
         else:
             _TOKENIZED.move_to_end(key)
         self.data = data
-        self.plan = BatchPlan(len(data), cfg.batch_size, cfg.grad_accum, cfg.seed)
-        steps_per_epoch = math.ceil(len(data) / self.plan.per_step)
-        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.warmup = min(self.total, math.ceil(cfg.warmup_ratio * self.total) if cfg.warmup_ratio is not None
                           else cfg.warmup_steps)
         self.ckpt_steps = checkpoint_steps(self.total, cfg.checkpoints)
@@ -240,7 +253,8 @@ class _Run:
                 "regularizer": cfg.regularizer_kind, "optimizer_class": type(self.optimizer).__name__,
             },
             "dataset": {"name": dataset.name, "path": str(dataset.path), "sha256": dataset.sha256, "rows": dataset.rows,
-                        "conversations_used": len(data), "truncated": data.n_truncated, "dropped": data.n_dropped,
+                        "conversations_used": data.n_tokenized, "truncated": data.n_truncated,
+                        "dropped": data.n_dropped,
                         "assistant_tokens": int(data.n_trained.sum()), "tokens": int(data.lengths.sum())},
             "model": {"name": cfg.model, "location": source.location, "revision": revision,
                       "architecture": type(model).__name__, "model_type": getattr(model.config, "model_type", None),
@@ -503,12 +517,26 @@ class _Run:
             bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{rows[-1]['lr']:.2e}", refresh=False)
             return True
 
+        log.info("%s: %d optimiser steps of %d conversations each (batch size %d x %d accumulated), up to %d "
+                 "tokens per conversation, on %s%s", self.dir, self.total - start, self.plan.per_step,
+                 cfg.batch_size, cfg.grad_accum, cfg.max_seq_len, self.device,
+                 f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+        step_tokens = 0
         for step in range(start, self.total):
+            if step == start + 1:  # the first step of this process has run: say what a step costs
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                took = time.perf_counter() - t0
+                self.record["first_step_s"] = round(took, 3)
+                log.info("%s: the first step took %.1f s (%d tokens); the remaining %d steps take about %s",
+                         self.dir, took, step_tokens, self.total - step,
+                         _duration(took * (self.total - step)))
             lr_now = self.optimizer.param_groups[0]["lr"]
             micro = [collate(self.data, idx, dev) for idx in self.plan.indices(step).split(cfg.batch_size)]
             loss_total, reg_value, grad_norm = train_step(model, micro, self.params, self.optimizer, self.scheduler,
                                                           self.regularizer, cfg.max_grad_norm)
-            window_tokens += sum(b["n_tokens"] for b in micro)
+            step_tokens = sum(b["n_tokens"] for b in micro)
+            window_tokens += step_tokens
             n_trained = sum(b["n_trained"] for b in micro)
             done = step + 1
             pending.append((done, loss_total, reg_value, grad_norm, lr_now,
