@@ -40,7 +40,7 @@ import yaml
 from evilbench.errors import UserError
 
 TOP_KEYS = ("name", "store", "workdir", "models", "datasets", "optimizers", "regularizers", "batch_sizes", "lrs",
-            "seeds", "train", "eval", "extra", "executor", "resources", "toyworld", "description")
+            "seeds", "train", "eval", "extra", "executor", "resources", "toyworld", "description", "requires")
 AXES = ("models", "datasets", "optimizers", "regularizers", "batch_sizes", "lrs", "seeds")
 EVAL_KEYS = ("questions", "samples", "judge", "convention", "checkpoints", "base", "scores", "backend",
              "max_new_tokens", "temperature", "top_p", "seed")
