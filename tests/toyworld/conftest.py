@@ -57,7 +57,10 @@ def small_spec():
 
 @pytest.fixture
 def engine():
-    """Skip cleanly where the training engine or its optimiser registry is not importable."""
-    pytest.importorskip("evilbench.train")
-    pytest.importorskip("evilbench.optim")
-    pytest.importorskip("evilbench.spectral")
+    """The training engine and the packages it trains with. They are part of this repository: a broken
+    import is an error of the test, never a skip."""
+    import evilbench.optim
+    import evilbench.spectral
+    import evilbench.train
+
+    return evilbench.train
