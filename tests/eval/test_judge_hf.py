@@ -55,6 +55,14 @@ def test_full_number_readout_matches_brute_force(judge):
         assert math.exp(lp) == pytest.approx(math.exp(brute), abs=1e-7)
     p = [math.exp(lp) for _, lp in raw[:101]]
     assert 0 < sum(p) <= 1 + 1e-6  # disjoint events: numbers are a sub-distribution of the continuation
+    # candidates in several batches (each with its own copy of the prompt's KV cache): same numbers
+    judge.candidate_batch = 7
+    try:
+        chunked = judge.read(prompt)
+    finally:
+        judge.candidate_batch = 128
+    assert [s for s, _ in chunked] == [s for s, _ in raw]
+    assert [lp for _, lp in chunked] == pytest.approx([lp for _, lp in raw], abs=1e-5)  # fp32, other shapes
 
 
 def test_single_token_detection():
