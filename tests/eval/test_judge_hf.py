@@ -18,11 +18,16 @@ from evilbench.eval.types import JudgeItem
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory):
+def model_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("evilbench-cache")
-    with pytest.MonkeyPatch.context() as mp:  # tiny twin built in a private cache, never the user's
+    with pytest.MonkeyPatch.context() as mp:  # tiny twins built in a private cache, never the user's
         mp.setenv("EVILBENCH_CACHE", str(root))
-        yield build_judge("hf:tiny-llama", device="cpu", dtype="fp32", cache=root / "judge.sqlite")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def judge(model_cache):
+    return build_judge("hf:tiny-llama", device="cpu", dtype="fp32", cache=model_cache / "judge.sqlite")
 
 
 def _brute(model, prompt_ids, cand_ids, needs_end, end_mask):
@@ -114,3 +119,11 @@ def test_single_token_readout_when_forced(judge, tmp_path):
     with torch.no_grad():
         lp = torch.log_softmax(judge.model()(input_ids=torch.tensor([j1.prompt_ids(prompt)])).logits[0, -1], -1)
     assert raw[0][1] == pytest.approx(float(lp.max()), abs=1e-5)
+
+
+def test_chat_template_kwargs_of_the_registry(model_cache):
+    """Qwen3 judges render the judge prompt with thinking off (the registry's chat_template_kwargs)."""
+    j = build_judge("hf:tiny-qwen3", device="cpu", dtype="fp32", cache=False)
+    text = j.tokenizer.decode(j.prompt_ids("Rate this: {not a placeholder}"))
+    assert text.startswith("<|im_start|>user\nRate this: {not a placeholder}<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
