@@ -2,10 +2,9 @@
 rank-32 LoRA factors of a real model and print the speed-up table (< 1 min on 2 CPU cores)."""
 from __future__ import annotations
 
-import argparse
 import time
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from evilbench._env import DTYPE_CHOICES, busy_warning, machine_load, torch_dtype
 
 
 def register(subparsers) -> None:
@@ -15,7 +14,7 @@ def register(subparsers) -> None:
     demo = sub.add_parser("demo", help="Newton-Schulz speed-up table over a model's LoRA factors")
     demo.add_argument("--model", default="qwen3-0.6b", help="LoRA shape set (qwen3-0.6b: 392 matrices, qwen3-8b: 504)")
     demo.add_argument("--rank", type=int, default=32)
-    demo.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    demo.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     demo.add_argument("--rounds", type=int, default=5, help="timed rounds of ours (baselines: 1)")
@@ -46,18 +45,25 @@ def run_demo(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, _DTYPES[args.dtype])
+    dtype = torch_dtype(args.dtype)
+    load_before = machine_load()
     mats = lora_matrices(args.model, args.rank, dtype, device=device)
     layers = MODELS[args.model][0]
     if args.layers is not None:
         if not 1 <= args.layers <= layers:
-            raise SystemExit(f"--layers must be between 1 and {layers} for {args.model}")
+            from evilbench.errors import UserError
+
+            raise UserError(f"--layers must be between 1 and {layers} for {args.model}")
         mats = mats[: len(mats) * args.layers // layers]
         layers = args.layers
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     where = f"{device}" + (f", {args.threads} threads" if device == "cpu" else f" ({torch.cuda.get_device_name()})")
     print(f"Newton-Schulz (5 quintic steps) over {len(mats)} rank-{args.rank} LoRA factors of {args.model}, "
           f"{args.dtype}, {where}")
+    print(_load_line("load average before", load_before))
+    warning = busy_warning(load_before)
+    if warning:
+        print(warning)
 
     ours = _time(newton_schulz, mats, args.rounds, sync)
     rows = [("ours (evilbench fused op)", ours, "")]
@@ -82,9 +88,15 @@ def run_demo(args) -> int:
     outs = newton_schulz(sample)
     err = max(((o.double().cpu() - r).abs().max() / r.abs().max()).item() for o, r in zip(outs, refs))
     print(f"\naccuracy of ours vs the float64 iteration ({len(sample)} matrices): max relative error {err:.1e}")
+    load_after = machine_load()
+    print(_load_line("load average after", load_after))
+    if not load_before.get("busy") and load_after.get("busy"):
+        print(busy_warning(load_after))
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    p = argparse.ArgumentParser()
-    register(p.add_subparsers())
+def _load_line(what: str, load: dict) -> str:
+    if load["loadavg"] is None:
+        return f"{what}: not available on this platform"
+    one, five, fifteen = load["loadavg"]
+    return f"{what}: {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {load['cpus']} cores"

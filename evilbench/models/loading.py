@@ -203,13 +203,13 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 def resolve_dtype(dtype: str, device: str):
     import torch
 
+    from evilbench._env import DTYPES, torch_dtype
+
     if dtype in (None, "auto"):
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in table:
+    if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
-    return table[dtype]
+    return torch_dtype(dtype)
 
 
 _MEMO: dict[tuple, object] = {}

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from evilbench._env import DTYPE_CHOICES
 from evilbench.train.config import TrainConfig, optimizer_names, regularizer_names
 
 
@@ -90,7 +91,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-examples", type=int, default=None, help="use only the first N conversations")
     p.add_argument("--checkpoints", type=int, default=d["checkpoints"].default, help="about this many, log-spaced")
     p.add_argument("--log-every", type=int, default=d["log_every"].default, help="steps between metrics lines")
-    p.add_argument("--dtype", default=d["dtype"].default, choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default=d["dtype"].default, choices=["auto", *DTYPE_CHOICES],
                    help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, metavar="DIR",

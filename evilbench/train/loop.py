@@ -10,13 +10,13 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+from evilbench._env import versions
 from evilbench.errors import UserError
 from evilbench.models.loading import SMALL_MODEL_PARAMS
 from evilbench.train import rundir as rd
@@ -73,19 +73,6 @@ def train_step(model, micro: list[dict], params, optimizer, scheduler=None, regu
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_total, reg_value, grad_norm
-
-
-def _versions() -> dict:
-    import peft
-    import tokenizers
-    import torch
-    import transformers
-
-    import evilbench
-
-    return {"evilbench": evilbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "tokenizers": tokenizers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cuda": torch.version.cuda}
 
 
 def _duration(seconds: float) -> str:
@@ -261,7 +248,7 @@ class _Run:
                       "family": spec.family or None, "base_params": n_base,
                       "trainable_params": sum(p.numel() for p in self.params),
                       "lora_modules": len(lora_modules(self.model))},
-            "versions": _versions(),
+            "versions": versions(),
             "seeds": {"seed": cfg.seed, "lora_init": f"torch.manual_seed({cfg.seed}) before get_peft_model",
                       "data_order": f"per-epoch torch.randperm with generator seed {cfg.seed}*1000003+epoch"},
             "step": 0, "checkpoints": [], "final_loss": None, "last_loss": None,
