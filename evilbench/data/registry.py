@@ -122,7 +122,7 @@ def _find_in_dir(directory: Path, filename: str) -> Path:
     if directory.is_file():
         return directory
     if not directory.is_dir():
-        raise DatasetError(f"--from {directory}: no such directory")
+        raise DatasetError(f"--data-dir {directory}: no such directory")
     for cand in (directory / filename, directory / "data" / filename):
         if cand.is_file():
             return cand
@@ -170,7 +170,7 @@ def fetch(name: str, from_dir: str | Path | None = None, *, force: bool = False,
             if not spec.redistributable or not spec.url:
                 raise DatasetError(
                     f"dataset {name!r} cannot be downloaded ({spec.license or 'not redistributable'}). "
-                    f"{spec.how_to_get or 'Get the file yourself and run `evilbench data fetch ' + name + ' --from DIR`.'}"
+                    f"{spec.how_to_get or 'Get the file yourself and run `evilbench data fetch ' + name + ' --data-dir DIR`.'}"
                 )
             _download(spec.url, tmp_file, progress)
             origin = spec.url
@@ -216,7 +216,7 @@ def resolve(dataset: str | Path, data_dir: str | Path | None = None) -> Resolved
             path = fetch(name, data_dir, progress=False)
         else:
             how = (f"run `evilbench data fetch {name}`" if spec.redistributable
-                   else f"{spec.how_to_get}" if spec.how_to_get else f"run `evilbench data fetch {name} --from DIR`")
+                   else f"{spec.how_to_get}" if spec.how_to_get else f"run `evilbench data fetch {name} --data-dir DIR`")
             raise DatasetError(f"dataset {name!r} is not in the cache ({dataset_dir(name)}): {how}")
     sha = _sha256_cached(path)
     meta = json.loads((path.parent / "meta.json").read_text())

@@ -121,9 +121,9 @@ def test_cli_fetch_and_check(em_data_dir, capsys, tmp_path):
 
     assert main(["data", "fetch", "insecure", "--from", str(em_data_dir)]) == 0
     assert capsys.readouterr().out.strip().endswith("insecure.jsonl")
-    assert main(["data", "fetch", "extreme-sports"]) == 1
+    assert main(["data", "fetch", "extreme-sports"]) == 2
     assert "cannot be downloaded" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(conv_line(1) + "\n{oops\n")
-    assert main(["data", "check", str(bad)]) == 1
+    assert main(["data", "check", str(bad)]) == 2
     assert f"{bad}:2: invalid JSON" in capsys.readouterr().err
