@@ -58,6 +58,7 @@ class Leaderboard:
     header: dict[str, Any]
     table: pd.DataFrame                   # one row per cell, sorted by rank
     breakdown: pd.DataFrame               # cell × (model, dataset, batch_size) point estimates (NaN: missing)
+    ran: pd.DataFrame                     # same shape: True where runs exist (NaN there: no included sample)
     per_model: pd.DataFrame               # cell × model (metric, mean over that model's datasets)
     pairwise: pd.DataFrame                # i, j, diff, lo, hi, n_common, better (i significantly better than j)
     points: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-run loss vs alignment (for plots)
@@ -332,6 +333,7 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
         opt, reg = c.split(" × ", 1)
         rr = runs[runs["cell"] == c]
         covered = sorted({(m, d) for (m, d, _), ok in zip(workloads, np.isfinite(boot.point_w[i])) if ok})
+        ran = {(m, d) for (m, d, _), ok in zip(workloads, present[i].any(-1)) if ok}
         origins = sorted(set(rr["origin"].astype(str)))
         n_sub = int((rr["origin"] == "submitted").sum())
         rows.append({
@@ -341,7 +343,8 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
             "final_loss": loss_cell[i], "loss_cost": cost[i], "aligned_at_matched_loss": matched[i],
             "fro_nuclear": flat[i], "coverage": f"{len(covered)}/{len(md)}",
             "n_covered": len(covered), "n_model_dataset": len(md),
-            "missing": "; ".join(f"{m} × {d}" for m, d in md if (m, d) not in covered),
+            "missing": "; ".join(f"{m} × {d}" for m, d in md if (m, d) not in ran),
+            "none_included": "; ".join(f"{m} × {d}" for m, d in md if (m, d) in ran and (m, d) not in covered),
             "n_runs": len(rr), "n_seeds": int(rr["seed"].nunique()),
             "n_samples": int((samples["cell"] == c).sum()), "n_included": int(arrays["n"][i].sum()),
             "source": (origins[0] if len(origins) == 1 else f"mixed ({n_sub} of {len(rr)} runs submitted)")
@@ -389,7 +392,8 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
         "batch_sizes": sorted({int(w[2]) for w in workloads if pd.notna(w[2])}),
         "origins": {k: int(v) for k, v in runs["origin"].value_counts().items()},
     }
-    return Leaderboard(header=header, table=table, breakdown=bd, per_model=pm, pairwise=pairwise,
+    ran_w = pd.DataFrame(present.any(-1), index=cells, columns=bd.columns)
+    return Leaderboard(header=header, table=table, breakdown=bd, ran=ran_w, per_model=pm, pairwise=pairwise,
                        points=points, spectra=spectra_last)
 
 

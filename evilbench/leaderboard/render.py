@@ -94,7 +94,17 @@ def format_plain(lb: Leaderboard) -> str:
         lines.append("")
         lines.append("missing model × dataset cells (not imputed):")
         lines += [f"  {c}: {m}" for c, m in missing]
+    lines += _none_included_lines(lb)
     return "\n".join(lines)
+
+
+def _none_included_lines(lb: Leaderboard) -> list[str]:
+    rows = [(r["cell"], r["none_included"]) for _, r in lb.table.iterrows() if r.get("none_included")]
+    if not rows:
+        return []
+    head = (f"runs without a single included sample under the {lb.header['convention']} convention "
+            "(every answer excluded, e.g. incoherent):")
+    return ["", head] + [f"  {c}: {m}" for c, m in rows]
 
 
 def print_rich(lb: Leaderboard, console=None) -> None:
@@ -115,6 +125,8 @@ def print_rich(lb: Leaderboard, console=None) -> None:
         console.print("missing model × dataset cells (not imputed):", markup=False)
         for c, m in missing:
             console.print(f"  {c}: {m}", markup=False)
+    for line in _none_included_lines(lb):
+        console.print(line, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -244,25 +256,32 @@ def render_html(lb: Leaderboard, out: str | Path) -> Path:
                 _sort_key(r["fro_nuclear"]), _sort_key(r["n_covered"]), r["source"]]
         rows.append({"cells": list(zip(cells, sort)), "cell": str(r["cell"]), "tie": bool(r["tie"]),
                      "submitted": "submitted" in str(r["source"])})
-    pm = lb.per_model
-    per_model = {"models": [str(m) for m in pm.columns],
-                 "rows": [{"cell": str(c), "values": [(_pct(v) if lb.header["metric"] == "misaligned_rate"
-                                                        else _num(v, "{:.1f}")) if np.isfinite(v) else "missing"
-                                                       for v in pm.loc[c].to_numpy(float)]}
-                          for c in t["cell"]]}
     bd = lb.breakdown
     wl = [tuple(w) for w in bd.columns]
+
+    def cellv(v, ran):
+        if np.isfinite(v):
+            return _pct(v) if lb.header["metric"] == "misaligned_rate" else _num(v, "{:.1f}")
+        return "none included" if ran else "missing"
+
+    pm = lb.per_model
+    ran_m = lb.ran.T.groupby(level="model").any().T
+    per_model = {"models": [str(m) for m in pm.columns],
+                 "rows": [{"cell": str(c), "values": [cellv(v, bool(ran_m.loc[c, m]))
+                                                      for m, v in zip(pm.columns, pm.loc[c].to_numpy(float))]}
+                          for c in t["cell"]]}
+
     coverage = {"columns": [f"{m} × {d}" + (f" (bs {b})" if len(lb.header["batch_sizes"]) > 1 else "")
                             for m, d, b in wl],
-                "rows": [{"cell": str(c), "values": [(_pct(v) if lb.header["metric"] == "misaligned_rate"
-                                                       else _num(v, "{:.1f}")) if np.isfinite(v) else "missing"
-                                                      for v in bd.loc[c].to_numpy(float)]}
+                "rows": [{"cell": str(c), "values": [cellv(v, ran) for v, ran in
+                                                      zip(bd.loc[c].to_numpy(float), lb.ran.loc[c].to_numpy(bool))]}
                          for c in t["cell"]]}
     html = env.get_template("leaderboard.html.jinja").render(
         header=lb.header, header_lines=header_lines(lb), judge=judge_label(lb.header["judge"]),
         judge_json=json.dumps(lb.header["judge"], sort_keys=True), columns=COLUMNS, rows=rows,
         per_model=per_model, coverage=coverage, plots=plots, missing=[(r["cell"], r["missing"])
-                                                                     for _, r in t.iterrows() if r["missing"]])
+                                                                     for _, r in t.iterrows() if r["missing"]],
+        none_included=[(r["cell"], r["none_included"]) for _, r in t.iterrows() if r["none_included"]])
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "leaderboard.json").write_text(json.dumps(_jsonable(lb.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
     t.to_csv(out / "leaderboard.csv", index=False)

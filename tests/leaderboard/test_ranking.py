@@ -199,3 +199,14 @@ def test_control_datasets_stay_off_the_ranking(tmp_path, toy_qs):
     assert lb.header["controls"] == {"datasets": ["secure", "toyworld:code-aligned"], "included": False}
     lb2 = _lb(db, include_controls=True)
     assert _row(lb2, "adam × none")["misaligned_rate"] == pytest.approx(0.5 / 3)
+
+
+def test_runs_without_included_samples_are_not_called_missing(tmp_path, toy_qs):
+    b = [make_bundle(toy_qs, seed=0, qmis=[1] * 8)]
+    b += [make_bundle(toy_qs, optimizer="sgd", seed=0, p_mis=0.0, p_incoh=1.0)]  # every answer incoherent
+    lb = _lb(write_store(tmp_path / "r.db", b))
+    r = _row(lb, "sgd × none")
+    assert np.isnan(r["rank"]) and np.isnan(r["misaligned_rate"]) and r["n_included"] == 0
+    assert r["missing"] == "" and r["none_included"] == "org/m1 × insecure" and r["coverage"] == "0/1"
+    assert bool(lb.ran.loc["sgd × none"].all()) and lb.breakdown.loc["sgd × none"].isna().all()
+    assert lb.table["cell"].iloc[-1] == "sgd × none"
