@@ -1,4 +1,4 @@
-"""Spectral uniformity measures of one LoRA adapter from its singular values σ (DESIGN.md §3).
+"""Spectral uniformity measures of one LoRA adapter from its singular values σ (docs/design.md, "Spectra").
 
 Definitions (σ descending, σᵢ ≤ 1e-6·σ₁ counted as 0, as in evilbench.kernels.spectral):
   stable_rank        Σσ² / σ₁²                                     in [1, r]
