@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from evilbench.eval.judges.accounting import PRICES_FILE, Accounting, load_prices, price_for
+from evilbench.eval.judges.accounting import (
+    PRICES_FILE,
+    Accounting,
+    load_prices,
+    price_for,
+)
 
 
 def test_packaged_table_loads_and_prices_known_models():
