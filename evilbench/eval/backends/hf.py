@@ -139,15 +139,14 @@ class HFBackend:
         finish: list[str | None] = [None] * B
         with torch.inference_mode():
             out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                             use_cache=True)
+                             use_cache=True, logits_to_keep=1)  # the prompt's last position only
             next_pos = pos[:, -1] + 1
             for t in range(s.max_new_tokens):
-                logits = out.logits[:, -1].float().cpu()
+                active = [i for i in range(B) if finish[i] is None]
+                drawn = _draw_rows(out.logits[active, -1].float().cpu(), [gens[i] for i in active],
+                                   s.temperature, s.top_p)
                 nxt = [self.pad_id] * B
-                for i in range(B):
-                    if finish[i] is not None:
-                        continue
-                    tok = _draw(logits[i], gens[i], s.temperature, s.top_p)
+                for i, tok in zip(active, drawn):
                     nxt[i] = tok
                     if tok in self.stop_ids:
                         finish[i] = "stop"
@@ -163,6 +162,21 @@ class HFBackend:
                                  past_key_values=out.past_key_values, use_cache=True)
                 next_pos = next_pos + 1
         return list(zip(tokens, finish))
+
+
+def _draw_rows(logits, gens, temperature: float, top_p: float) -> list[int]:
+    """One token per row of `logits` [n, V], row i drawn with generator gens[i] (see _draw). Without a
+    nucleus the rows are shaped and inverted together; every operation is row-wise, so a row's token
+    does not depend on the other rows."""
+    import torch
+
+    if temperature == 0 or top_p < 1.0:
+        return [_draw(row, g, temperature, top_p) for row, g in zip(logits, gens)]
+    u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in gens], dtype=torch.float64)
+    probs = torch.softmax(logits.double() / temperature, -1)
+    cdf = torch.cumsum(probs, -1)
+    k = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return k.clamp(max=probs.shape[-1] - 1).tolist()
 
 
 def _draw(logits, gen, temperature: float, top_p: float) -> int:
