@@ -164,8 +164,8 @@ def create(args) -> int:
         else:
             keys = args.run_key
         obj = S.create(st, keys, submitter={"name": args.submitter} if args.submitter else None)
-    S.check_schema(obj)
-    S.check_semantics(obj, None)  # what we write must pass our own checks
+        S.check_schema(obj)  # what we write must pass our own checks (its runs are in this store, of course)
+        S.check_semantics(obj, st, duplicates=False)
     S.dump(obj, args.out)
     for line in S.describe(obj):
         print(line)

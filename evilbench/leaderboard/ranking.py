@@ -155,7 +155,8 @@ def _select_lr(runs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     lrs = runs.groupby(keys, dropna=False)["lr"].nunique()
     if (lrs <= 1).all():
         return runs, False
-    per = runs.groupby(keys + ["lr"], dropna=False).agg(n=("run_key", "size"), loss=("final_loss", "mean")).reset_index()
+    per = (runs.groupby(keys + ["lr"], dropna=False)
+           .agg(n=("run_key", "size"), loss=("final_loss", "mean")).reset_index())
     per["loss"] = per["loss"].fillna(np.inf)
     per["neg_n"] = -per["n"]
     best = per.sort_values(keys + ["neg_n", "loss", "lr"]).groupby(keys, dropna=False).head(1)
@@ -163,7 +164,8 @@ def _select_lr(runs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return kept, True
 
 
-def _agg_seeds_then_workloads(df: pd.DataFrame, value: str, cells: list[str], workloads: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+def _agg_seeds_then_workloads(df: pd.DataFrame, value: str, cells: list[str],
+                              workloads: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     """(C,) and (C, W) means of a per-run column: over seeds, then over workloads present."""
     wl_index = {w: i for i, w in enumerate(workloads)}
     cw = np.full((len(cells), len(workloads)), np.nan)
@@ -320,7 +322,8 @@ def build(frames: Frames, *, convention: str = "paper", metric: str = "misaligne
         if not sp.empty:
             last = sp.groupby("run_key")["step"].transform("max")
             sp = sp[sp["step"] == last]
-            measures = [m for m in ("stable_rank", "spectral_entropy", "condition_number", "fro_nuclear_ratio") if m in sp]
+            measures = [m for m in ("stable_rank", "spectral_entropy", "condition_number", "fro_nuclear_ratio")
+                        if m in sp]
             spectra_last = sp.groupby("run_key")[measures].mean().reset_index().merge(
                 run_cols[["run_key", "cell"] + WORKLOAD], on="run_key")
             rc = run_cols.merge(spectra_last[["run_key", "fro_nuclear_ratio"]], on="run_key", how="left")

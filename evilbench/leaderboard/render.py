@@ -161,7 +161,7 @@ def plot_all(lb: Leaderboard, out: Path) -> dict[str, list[str]]:
     scale = 100.0 if mcol == "misaligned_rate" else 1.0
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(t), 2) + 1.2))
     labs = rank_labels(t)
-    for y, (lab, (_, r)) in enumerate(zip(labs, t.iterrows())):
+    for y, (_, r) in enumerate(t.iterrows()):
         v = r[mcol] * scale
         if not np.isfinite(v):
             continue
@@ -206,8 +206,8 @@ def plot_all(lb: Leaderboard, out: Path) -> dict[str, list[str]]:
     sp = lb.spectra
     measures = [m for m in ("fro_nuclear_ratio", "stable_rank", "spectral_entropy", "condition_number")
                 if not sp.empty and m in sp and sp[m].notna().any()]
-    fig, axes = plt.subplots(1, max(len(measures), 1), figsize=(3.2 * max(len(measures), 1), 0.4 * max(len(t), 2) + 1.5),
-                             squeeze=False)
+    n_m = max(len(measures), 1)
+    fig, axes = plt.subplots(1, n_m, figsize=(3.2 * n_m, 0.4 * max(len(t), 2) + 1.5), squeeze=False)
     if measures:
         cells = t["cell"].astype(str).tolist()
         for ax, m in zip(axes[0], measures):
@@ -247,9 +247,8 @@ def render_html(lb: Leaderboard, out: str | Path) -> Path:
     env = jinja2.Environment(loader=jinja2.PackageLoader("evilbench.leaderboard", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     t = lb.table
-    labs = rank_labels(t)
     rows = []
-    for lab, (_, r), cells in zip(labs, t.iterrows(), table_rows(lb)):
+    for (_, r), cells in zip(t.iterrows(), table_rows(lb)):
         sort = [_sort_key(r["rank"]), r["optimizer"], r["regularizer"], _sort_key(r["misaligned_rate"]),
                 _sort_key(r["misaligned_lo"]), _sort_key(r["mean_aligned"]), _sort_key(r["aligned_lo"]),
                 _sort_key(r["final_loss"]), _sort_key(r["loss_cost"]), _sort_key(r["aligned_at_matched_loss"]),
@@ -283,7 +282,8 @@ def render_html(lb: Leaderboard, out: str | Path) -> Path:
                                                                      for _, r in t.iterrows() if r["missing"]],
         none_included=[(r["cell"], r["none_included"]) for _, r in t.iterrows() if r["none_included"]])
     (out / "index.html").write_text(html, encoding="utf-8")
-    (out / "leaderboard.json").write_text(json.dumps(_jsonable(lb.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
+    (out / "leaderboard.json").write_text(json.dumps(_jsonable(lb.to_dict()), indent=1, sort_keys=True),
+                                          encoding="utf-8")
     t.to_csv(out / "leaderboard.csv", index=False)
     return out / "index.html"
 

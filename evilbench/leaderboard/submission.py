@@ -224,7 +224,8 @@ def check_schema(obj: dict) -> None:
             continue
         at = f"$.runs[{i}].evaluation.samples"
         if len(samples) > max_items:
-            raise SubmissionError(at, f"{len(samples)} samples; the schema allows at most {max_items} (schema: maxItems)")
+            raise SubmissionError(at, f"{len(samples)} samples; the schema allows at most {max_items} "
+                                      "(schema: maxItems)")
         check = _sample_checker(json.dumps(sample_schema, sort_keys=True))
         for k in range(2, len(samples)):
             err = check(samples[k])
@@ -278,7 +279,8 @@ def _sample_checker(schema_json: str):
         if not required <= keys:
             return None, f"{min(required - keys)!r} is a required property (schema: required)"
         if not keys <= set(props):
-            return None, f"Additional properties are not allowed ({min(keys - set(props))!r}) (schema: additionalProperties)"
+            return None, (f"Additional properties are not allowed ({min(keys - set(props))!r}) "
+                          "(schema: additionalProperties)")
         for k, rx in (("sample_id", sid), ("question_id", qid)):
             x = s[k]
             if not (isinstance(x, str) and 1 <= len(x) <= lim[k] and rx.search(x)):
@@ -410,8 +412,9 @@ def _close(a, b, tol) -> bool:
 _PATHLIKE = re.compile(r"(^[/~.\\])|(\.\.)|(\\)|(^[A-Za-z]:)|(^file:)", re.IGNORECASE)
 
 
-def check_semantics(obj: dict, store=None) -> list[str]:
-    """Everything beyond the schema. Returns the run keys the runs would get."""
+def check_semantics(obj: dict, store=None, duplicates: bool = True) -> list[str]:
+    """Everything beyond the schema. Returns the run keys the runs would get. With a store: its
+    reproduced runs' question sets are known, and (duplicates=True) no run may already be in it."""
     from evilbench.eval.judges import JUDGES, split_spec
     from evilbench.eval.scoring import CONVENTIONS
 
@@ -425,7 +428,7 @@ def check_semantics(obj: dict, store=None) -> list[str]:
     qsets = _question_set_index(store)
     judges, conventions = set(JUDGES.names()), set(CONVENTIONS.names())
     keys: dict[str, int] = {}
-    existing = set(store.run_keys()) if store is not None else set()
+    existing = set(store.run_keys()) if store is not None and duplicates else set()
     for i, run in enumerate(runs):
         at = f"$.runs[{i}]"
         ev = run["evaluation"]
@@ -451,11 +454,14 @@ def check_semantics(obj: dict, store=None) -> list[str]:
         if qsha not in qsets:
             raise SubmissionError(f"{at}.evaluation.question_set.sha256",
                                   f"unknown question set hash {qsha[:16]}…; known here: "
-                                  + (", ".join(f"{v['name']} {k[:12]}…" for k, v in qsets.items()) or "(none)"))
+                                  + (", ".join(f"{v['name']} {k[:12]}…" for k, v in qsets.items()) or "(none)")
+                                  + ("" if store is not None else
+                                     " (with --store, the sets of the runs reproduced in that store are known too)"))
         known = qsets[qsha]
         if ev["question_set"]["name"] != known["name"]:
             raise SubmissionError(f"{at}.evaluation.question_set.name",
-                                  f"{ev['question_set']['name']!r} does not match the set with this hash ({known['name']!r})")
+                                  f"{ev['question_set']['name']!r} does not match the set with this hash "
+                                  f"({known['name']!r})")
         templates = known["templates"]
         if templates is not None:
             for m in ("aligned", "coherent"):
@@ -470,7 +476,8 @@ def check_semantics(obj: dict, store=None) -> list[str]:
                 raise SubmissionError(f"{sp}.sample_id", f"duplicate sample id {s['sample_id']!r}")
             seen.add(s["sample_id"])
             if s["question_id"] not in known["ids"]:
-                raise SubmissionError(f"{sp}.question_id", f"{s['question_id']!r} is not a question of {known['name']!r}")
+                raise SubmissionError(f"{sp}.question_id",
+                                      f"{s['question_id']!r} is not a question of {known['name']!r}")
             for m in ("aligned", "coherent"):
                 raw = s[f"raw_{m}"]
                 if isinstance(raw, dict) and ident.get("spec") != "toy":
@@ -479,7 +486,8 @@ def check_semantics(obj: dict, store=None) -> list[str]:
                     raise SubmissionError(f"{sp}.raw_{m}", "the toy judge's read-out is an exact classification")
                 score, verdict = _recompute(raw, m, readout, templates.get(m) if templates else None)
                 if not _close(s[m], score, SCORE_TOL):
-                    raise SubmissionError(f"{sp}.{m}", f"score {s[m]!r} does not match {score!r} recomputed from raw_{m}")
+                    raise SubmissionError(f"{sp}.{m}",
+                                          f"score {s[m]!r} does not match {score!r} recomputed from raw_{m}")
                 if m == "aligned" and s["verdict"] != verdict:
                     raise SubmissionError(f"{sp}.verdict", f"verdict {s['verdict']!r} does not match {verdict!r} "
                                                            "recomputed from raw_aligned")
@@ -490,7 +498,8 @@ def check_semantics(obj: dict, store=None) -> list[str]:
                 raise SubmissionError(f"{at}.evaluation.aggregates.{k}", f"{agg[k]} but the samples give {mine[k]}")
         for k, v in mine["counts"].items():
             if agg["counts"][k] != v:
-                raise SubmissionError(f"{at}.evaluation.aggregates.counts.{k}", f"{agg['counts'][k]} but the samples give {v}")
+                raise SubmissionError(f"{at}.evaluation.aggregates.counts.{k}",
+                                      f"{agg['counts'][k]} but the samples give {v}")
         for k in ("misaligned_rate", "mean_aligned"):
             if not _close(agg[k], mine[k], RATE_TOL):
                 raise SubmissionError(f"{at}.evaluation.aggregates.{k}", f"{agg[k]!r} but the samples give {mine[k]!r}")
@@ -499,7 +508,8 @@ def check_semantics(obj: dict, store=None) -> list[str]:
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise SubmissionError(f"{at}.training.curve", "steps must increase strictly")
         if steps and steps[-1] > tr["steps"]:
-            raise SubmissionError(f"{at}.training.curve[{len(steps) - 1}].step", f"beyond training.steps ({tr['steps']})")
+            raise SubmissionError(f"{at}.training.curve[{len(steps) - 1}].step",
+                                  f"beyond training.steps ({tr['steps']})")
         if ev["step"] > tr["steps"]:
             raise SubmissionError(f"{at}.evaluation.step", f"beyond training.steps ({tr['steps']})")
         mods = set()
@@ -552,7 +562,8 @@ def to_bundle(run: dict, *, submitter: dict | None = None) -> dict:
         "evals": [{"step": ev["step"], "is_final": True, "question_set": ev["question_set"]["name"],
                    "question_set_sha256": ev["question_set"]["sha256"], "judge": ident,
                    "convention": ev["convention"],
-                   "summary": {"overall": agg, "adapter": run["adapter"], "judge_prompt_sha256": ev["judge"]["prompt_sha256"],
+                   "summary": {"overall": agg, "adapter": run["adapter"],
+                               "judge_prompt_sha256": ev["judge"]["prompt_sha256"],
                                "origin": "submitted"},
                    "samples": samples}],
     }
@@ -607,6 +618,19 @@ def _clean(v):
     return v
 
 
+def _adapter_from_run_dir(bundle: dict, step: int) -> dict:
+    """The fingerprint of a run's final adapter read from its run directory (this machine's own run,
+    named by the store's resolved config), for evaluations that did not record it."""
+    from evilbench.models.loading import local_fingerprint
+
+    out = (bundle.get("config") or {}).get("output")
+    ad = Path(str(out)) / "adapter" if out else None
+    if ad is None or not (ad / "adapter_config.json").is_file():
+        raise UserError(f"run {bundle['run_key']}: the final evaluation records no adapter sha256 and its run "
+                        f"directory's adapter ({ad}) is not here")
+    return {"sha256": local_fingerprint(ad), "step": step}
+
+
 def run_record(bundle: dict, store=None) -> dict:
     """One submission run from a store bundle."""
     import evilbench
@@ -616,7 +640,7 @@ def run_record(bundle: dict, store=None) -> dict:
     summ = ev.get("summary") or {}
     adapter = summ.get("adapter") or (bundle.get("config") or {}).get("submitted", {}).get("adapter") or {}
     if not adapter.get("sha256"):
-        raise UserError(f"run {bundle['run_key']}: the final evaluation records no adapter sha256")
+        adapter = _adapter_from_run_dir(bundle, ev["step"])
     samples = [{"sample_id": s["sample_id"], "question_id": s["question_id"], "answer_chars": s.get("answer_chars"),
                 "aligned": _clean(s.get("aligned")), "coherent": _clean(s.get("coherent")), "verdict": s.get("verdict"),
                 "raw_aligned": s.get("raw_aligned"), "raw_coherent": s.get("raw_coherent")} for s in ev["samples"]]
@@ -627,7 +651,8 @@ def run_record(bundle: dict, store=None) -> dict:
     out = {
         "source_run_key": bundle["run_key"],
         "model": {"id": run["model"], "revision": run.get("model_revision")},
-        "adapter": {"sha256": adapter["sha256"], **({"step": adapter["step"]} if isinstance(adapter.get("step"), int) else {})},
+        "adapter": {"sha256": adapter["sha256"],
+                    **({"step": adapter["step"]} if isinstance(adapter.get("step"), int) else {})},
         "dataset": {"name": run["dataset"], "sha256": run.get("dataset_sha256")},
         "optimizer": {"name": run["optimizer"], "lr": run["lr"], "kwargs": run.get("optimizer_kwargs") or {}},
         "regularizer": {"kind": reg, "weight": float(run.get("reg_weight") or 0.0) if reg != "none" else 0.0},
@@ -641,7 +666,8 @@ def run_record(bundle: dict, store=None) -> dict:
         "versions": versions,
         "evaluation": {"step": ev["step"],
                        "question_set": {"name": ev["question_set"], "sha256": ev["question_set_sha256"]},
-                       "judge": {"identity": ev["judge"], "prompt_sha256": _prompt_hashes(ev["question_set_sha256"], store)},
+                       "judge": {"identity": ev["judge"],
+                                 "prompt_sha256": _prompt_hashes(ev["question_set_sha256"], store)},
                        "convention": ev.get("convention") or "paper",
                        "samples": samples,
                        "aggregates": aggregates(samples, ev.get("convention") or "paper")},
@@ -681,5 +707,6 @@ def describe(obj: dict) -> list[str]:
         rate = "—" if a["misaligned_rate"] is None else f"{100 * a['misaligned_rate']:.1f} %"
         lines.append(f"runs[{i}]: {r['model']['id']} × {r['dataset']['name']} × {r['optimizer']['name']} "
                      f"(lr {r['optimizer']['lr']:g}) × {r['regularizer']['kind']}, seed {r['seeds']['train']}: "
-                     f"{a['n_samples']} samples, misaligned {rate} ({ev['convention']}), judge {ev['judge']['identity']['spec']}")
+                     f"{a['n_samples']} samples, misaligned {rate} ({ev['convention']}), "
+                     f"judge {ev['judge']['identity']['spec']}")
     return lines

@@ -120,12 +120,14 @@ def test_lr_chosen_by_training_loss_never_by_em(tmp_path, toy_qs):
 
 def test_a_tuning_rules_choice_beats_its_single_seed_candidates(tmp_path, toy_qs):
     # the rule chose 3e-4 (run for every seed); its candidates 1e-4 (lower loss!) and 1e-3 ran seed 0 only
-    b = [make_bundle(toy_qs, lr=3e-4, seed=s, final_loss=0.7, qmis=[1] * 8, tuning_rule="toyworld-fit") for s in range(3)]
+    b = [make_bundle(toy_qs, lr=3e-4, seed=s, final_loss=0.7, qmis=[1] * 8, tuning_rule="toyworld-fit")
+         for s in range(3)]
     b += [make_bundle(toy_qs, lr=lr, seed=0, final_loss=loss, qmis=[5] * 8, tuning_rule="toyworld-fit")
           for lr, loss in ((1e-4, 0.4), (1e-3, 0.9))]
     lb = _lb(write_store(tmp_path / "r.db", b))
     r = _row(lb, "adam × none")
-    assert r["n_runs"] == 3 and r["misaligned_rate"] == pytest.approx(1 / 6) and lb.header["tuning_rule"] == ["toyworld-fit"]
+    assert r["n_runs"] == 3 and r["misaligned_rate"] == pytest.approx(1 / 6)
+    assert lb.header["tuning_rule"] == ["toyworld-fit"]
 
 
 def test_side_columns_header_and_origin(tmp_path, toy_qs):

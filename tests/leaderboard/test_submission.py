@@ -115,7 +115,8 @@ def test_create_from_a_sweep_spec(source, tmp_path, toy_qs, capsys):
     spec.write_text("name: mysweep\nmodels: [org/m1]\ndatasets: [insecure]\noptimizers: [adam]\nseeds: [3]\n"
                     "lrs: {adam: [1.0e-4]}\n")
     out = tmp_path / "s.json"
-    rc, _stdout, err = _cli(["submission", "create", "--store", str(db), "--sweep", str(spec), "--out", str(out)], capsys)
+    argv = ["submission", "create", "--store", str(db), "--sweep", str(spec), "--out", str(out)]
+    rc, _stdout, err = _cli(argv, capsys)
     assert rc == 0, err
     obj = json.loads(out.read_text())
     assert len(obj["runs"]) == 1 and obj["runs"][0]["seeds"]["train"] == 3
@@ -140,7 +141,8 @@ def _text(obj):
 
 
 def _nested(depth):
-    return ('{"format": "evilbench-submission", "schema_version": 1, "runs": ' + "[" * depth + "]" * depth + "}").encode()
+    head = '{"format": "evilbench-submission", "schema_version": 1, "runs": '
+    return (head + "[" * depth + "]" * depth + "}").encode()
 
 
 def _set(path, value, finish=True, aggregates=True):
@@ -188,7 +190,8 @@ def _replace_text(old, new):
 def _many_samples(o):
     s = o["runs"][0]["evaluation"]["samples"]
     base = s[0]
-    o["runs"][0]["evaluation"]["samples"] = [{**base, "sample_id": f"{base['question_id']}/9/{i}"} for i in range(20001)]
+    o["runs"][0]["evaluation"]["samples"] = [{**base, "sample_id": f"{base['question_id']}/9/{i}"}
+                                             for i in range(20001)]
     return _finish(o)
 
 
@@ -287,7 +290,8 @@ HOSTILE = [
     ("duplicate-sample-id", _dup_sample, "$.runs[0].evaluation.samples[1].sample_id"),
     ("duplicate-run", _dup_run, "$.runs[3]: the same run as $.runs[0]"),
     ("wrong-type-batch-size", _set(["runs", 0, "batch_size"], "4"), "$.runs[0].batch_size"),
-    ("wrong-type-samples", _set(["runs", 0, "evaluation", "samples"], {"a": 1}, finish=False), "$.runs[0].evaluation.samples"),
+    ("wrong-type-samples", _set(["runs", 0, "evaluation", "samples"], {"a": 1}, finish=False),
+     "$.runs[0].evaluation.samples"),
     ("missing-field", lambda o: _finish({**o, "runs": [{k: v for k, v in o["runs"][0].items() if k != "model"}]}),
      "$.runs[0]: 'model' is a required property"),
     ("unknown-field", _extra_field, "$.runs[0]: Additional properties"),
@@ -302,9 +306,11 @@ HOSTILE = [
      "$.runs[2].evaluation.samples[0].aligned: score"),
     ("tampered-coherent-score", _tamper_sample(2, 1, "coherent", lambda v: max(0.0, v - 40.0)),
      "$.runs[2].evaluation.samples[1].coherent: score"),
-    ("tampered-verdict", _tamper_sample(2, 0, "verdict", lambda v: "REFUSAL"), "$.runs[2].evaluation.samples[0].verdict"),
+    ("tampered-verdict", _tamper_sample(2, 0, "verdict", lambda v: "REFUSAL"),
+     "$.runs[2].evaluation.samples[0].verdict"),
     ("toy-readout-for-logprob-judge", _toy_raw_for_openai, "$.runs[2].evaluation.samples[0].raw_aligned"),
-    ("tampered-misaligned-rate", _lie_about_agg("misaligned_rate", 0.0), "$.runs[0].evaluation.aggregates.misaligned_rate"),
+    ("tampered-misaligned-rate", _lie_about_agg("misaligned_rate", 0.0),
+     "$.runs[0].evaluation.aggregates.misaligned_rate"),
     ("tampered-mean-aligned", _lie_about_agg("mean_aligned", 99.0), "$.runs[0].evaluation.aggregates.mean_aligned"),
     ("inconsistent-n-samples", _lie_about_agg("n_samples", 7), "$.runs[0].evaluation.aggregates.n_samples"),
     ("inconsistent-counts", _lie_about_count, "$.runs[0].evaluation.aggregates.counts.incoherent"),
@@ -330,7 +336,8 @@ HOSTILE = [
     ("model-absolute-path", _set(["runs", 0, "model", "id"], "/root/.ssh/id_rsa"), "$.runs[0].model.id"),
     ("model-file-url", _set(["runs", 0, "model", "id"], "file:///etc/passwd"), "$.runs[0].model.id"),
     ("dataset-path", _set(["runs", 0, "dataset", "name"], "../secrets"), "$.runs[0].dataset.name"),
-    ("html-in-optimizer", _set(["runs", 0, "optimizer", "name"], "<script>alert(1)</script>"), "$.runs[0].optimizer.name"),
+    ("html-in-optimizer", _set(["runs", 0, "optimizer", "name"], "<script>alert(1)</script>"),
+     "$.runs[0].optimizer.name"),
     ("html-in-model", _set(["runs", 0, "model", "id"], 'org/<img src=x onerror="alert(1)">'), "$.runs[0].model.id"),
     ("long-string", _set(["runs", 0, "spectra", 0, "module"], "a" * 100_000), "$.runs[0].spectra[0].module"),
     ("too-many-samples", _many_samples, "$.runs[0].evaluation.samples"),
