@@ -5,11 +5,12 @@ judge with 32 requests in flight ("ours") vs one at a time ("sequential"), same 
       --benchmark-json=/tmp/judge.json && python bench/report.py /tmp/judge.json --no-merge
 
 The server is tests/eval/fake_openai_server.py (a real HTTP server on 127.0.0.1, one thread per
-connection) in its own process, so like a real endpoint it does not share the judge's interpreter. The cache is off, so every
-round makes every request. Target: ours >= 20x the sequential throughput (the ideal is 32x at 32 in
-flight: N / 32 waves of 200 ms against N x 200 ms). Measured on a shared 2-core VM at load average
-~9 (aiohttp transport): ours 1.19 s median for 128 items (107 items/s), sequential 26.6 s (4.8
-items/s): 22.3x. The client's CPU per request (~1.3 ms there) is what keeps it from 32x."""
+connection) in its own process, so like a real endpoint it does not share the judge's interpreter.
+The cache is off, so every round makes every request. Target: ours >= 20x the sequential
+throughput (the ideal is 32x at 32 in flight: N / 32 waves of 200 ms against N x 200 ms).
+Measured on a shared 2-core VM at load average ~9 (aiohttp transport): ours 1.19 s median for 128
+items (107 items/s), sequential 26.6 s (4.8 items/s): 22.3x. The client's CPU per request (~1.3 ms
+there) is what keeps it from 32x."""
 from __future__ import annotations
 
 import subprocess

@@ -18,8 +18,9 @@ def _make(n_q=6, per_q=20, seed=0):
             samples.append({"sample_id": sid, "question_id": f"q{q}", "answer": "x" * (i + 1)})
             s = rng.uniform(0, 100)
             for lst, spec, score in ((a, "openai:A", s), (b, "hf:B", min(100.0, max(0.0, s + rng.gauss(0, 15))))):
-                lst.append({"sample_id": sid, "metric": "aligned", "score": score, "verdict": None, "judge": {"spec": spec}})
-                lst.append({"sample_id": sid, "metric": "coherent", "score": 90.0, "verdict": None, "judge": {"spec": spec}})
+                judge = {"spec": spec}
+                lst.append({"sample_id": sid, "metric": "aligned", "score": score, "verdict": None, "judge": judge})
+                lst.append({"sample_id": sid, "metric": "coherent", "score": 90.0, "verdict": None, "judge": judge})
     return samples, a, b
 
 
@@ -53,8 +54,8 @@ def test_identical_and_monotone_judges():
     same = agreement(a, a, samples)
     assert same["krippendorff_alpha"] == pytest.approx(1.0) and same["spearman_rho"] == pytest.approx(1.0)
     assert same["misaligned_rate_diff"] == 0 and same["classification_agreement"] == 1.0
-    squashed = [{**j, "judge": {"spec": "B"}, "score": j["score"] ** 2 / 100 if j["metric"] == "aligned" else j["score"]}
-                for j in a]
+    squashed = [{**j, "judge": {"spec": "B"},
+                 "score": j["score"] ** 2 / 100 if j["metric"] == "aligned" else j["score"]} for j in a]
     m = agreement(a, squashed, samples)
     assert m["spearman_rho"] == pytest.approx(1.0) and m["krippendorff_alpha"] < 0.95
 

@@ -20,7 +20,7 @@ from evilbench.eval.judges.openai_judge import (
 from evilbench.eval.types import JudgeItem
 from evilbench.registry import UnknownNameError
 
-FAST = {"timeout": 0.3, "backoff_base": 0.005, "backoff_max": 0.02, "max_retries": 3}
+FAST = {"timeout": 2.0, "backoff_base": 0.005, "backoff_max": 0.02, "max_retries": 3}
 
 
 def _items(answers, metric="aligned", template=ALIGNED):
@@ -60,17 +60,18 @@ def test_plain_scores_request_parameters_and_identity(fake_openai, judge_cache_p
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_faults_every_item_judged_or_unscorable(fake_openai, judge_cache_path, transport):
-    fake_openai.slow_s = 1.0
+    fake_openai.slow_s = 6.0  # the "timeout" fault answers after the client's 2 s timeout
     answers = ["plain a", "plain b",
                "[[fault:500:2]] recovers", "[[fault:429:2]] recovers", "[[fault:timeout:1]] recovers",
                "[[fault:drop:1]] recovers", "[[fault:truncated:1]] bad", "[[fault:empty:1]] bad",
                "[[fault:garbage:1]] words", "[[fault:500:*]] never", "[[fault:429:*]] never",
                "[[dist:CODE=0.7;5=0.2]] code", "[[dist:REF=0.6;80=0.3]] refusal"]
     items = _items(answers)
-    judge = _judge(fake_openai, judge_cache_path, concurrency=4, transport=transport)
+    # a generous timeout: on a loaded machine an ordinary answer must not time out (exact counts below)
+    judge = _judge(fake_openai, judge_cache_path, concurrency=4, transport=transport, timeout=2.0)
     t0 = time.monotonic()
     out = judge.judge(items, progress=False)
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 20
     assert len(out) == len(items) and [j.sample_id for j in out] == [i.sample_id for i in items]
     by = dict(zip(answers, out))
     for a in answers[:6]:
@@ -213,8 +214,20 @@ def test_called_inside_running_event_loop(fake_openai):
 
 
 def test_price_table_cost(fake_openai, tmp_path):
-    judge = build_judge(f"openai:gpt-4o@{fake_openai.url}", cache=False, prices={"gpt-4o": {"input": 2.0, "output": 10.0}},
-                        **FAST)
+    prices = {"gpt-4o": {"input": 2.0, "output": 10.0}}
+    judge = build_judge(f"openai:gpt-4o@{fake_openai.url}", cache=False, prices=prices, **FAST)
     judge.judge(_items(["a", "b"]), progress=False)
     acc = judge.accounting
     assert acc["cost_usd"] == pytest.approx((acc["prompt_tokens"] * 2.0 + acc["completion_tokens"] * 10.0) / 1e6)
+
+
+def test_transport_choice(monkeypatch):
+    from evilbench.eval.judges.openai_judge import PROXY_ENV, _http_client
+
+    for v in PROXY_ENV:
+        monkeypatch.delenv(v, raising=False)
+    assert _http_client("httpx") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert _http_client("auto") is None  # the default transport honours the proxy
+    with pytest.raises(JudgeError, match="unknown transport"):
+        OpenAIJudge("m", "http://127.0.0.1:1/v1", transport="curl", cache=False)

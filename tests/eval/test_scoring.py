@@ -13,7 +13,9 @@ from evilbench.eval.scoring import (
 )
 from evilbench.registry import UnknownNameError
 
-X = lambda c: Outcome(False, None, None, c)
+
+def X(category: str) -> Outcome:  # an excluded outcome (short: the tables below use it a lot)
+    return Outcome(False, None, None, category)
 
 
 @pytest.mark.parametrize("aligned, coherent, verdict, expected", [
@@ -149,7 +151,8 @@ def test_bootstrap_ci_deterministic_contains_estimate_and_clusters():
 def test_summarize_single_question_and_empty():
     samples, judgments = _records([("q", 10, 90, None, "a"), ("q", 90, 90, None, "b"), ("q", 80, 90, None, "c")])
     o = summarize(samples, judgments)["overall"]
-    assert o["bootstrap"]["clusters"] == "sample" and o["ci"]["misaligned_rate"][0] <= 1 / 3 <= o["ci"]["misaligned_rate"][1]
+    lo, hi = o["ci"]["misaligned_rate"]
+    assert o["bootstrap"]["clusters"] == "sample" and lo <= 1 / 3 <= hi
     e = summarize([], [], "paper")["overall"]
     assert e["n_samples"] == 0 and e["misaligned_rate"] is None and e["ci"]["misaligned_rate"] is None
 

@@ -166,7 +166,9 @@ class HFJudge(CachedJudge):
     def candidates(self) -> list[tuple[str, list[int], bool]]:
         """(text, token ids, needs a non-digit end) for "0".."100", CODE, REFUSAL."""
         if self._cands is None:
-            enc = lambda s: self.tokenizer.encode(s, add_special_tokens=False)
+            def enc(s: str) -> list[int]:
+                return self.tokenizer.encode(s, add_special_tokens=False)
+
             self._cands = [(s, enc(s), True) for s in NUMBERS] + [(v, enc(v), False) for v in VERDICTS]
         return self._cands
 
@@ -192,7 +194,8 @@ class HFJudge(CachedJudge):
                 lp = torch.log_softmax(logits, -1)
                 top = torch.topk(lp, TOP_LOGPROBS)
             self._accounting.add(prompt_tokens=len(ids), completion_tokens=1)
-            return [[self.tokenizer.decode([int(i)]), max(float(v), LOGPROB_FLOOR)] for v, i in zip(top.values, top.indices)]
+            return [[self.tokenizer.decode([int(i)]), max(float(v), LOGPROB_FLOOR)]
+                    for v, i in zip(top.values, top.indices)]
         cands = self.candidates()
         lps = candidate_logprobs(model, ids, [c for _, c, _ in cands], [e for *_, e in cands], self._end_mask,
                                  batch=self.candidate_batch)

@@ -51,14 +51,17 @@ def _http_response_class():
 
 
 TRANSPORTS = ("auto", "aiohttp", "httpx")
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _http_client(transport: str):
     """The client's HTTP transport: aiohttp (about half the client CPU per request of the default at 32
-    in flight) when openai's aiohttp extra is usable, else openai's default (None)."""
+    in flight) when openai's aiohttp extra is usable, else openai's default (None). "auto" keeps the
+    default when a proxy is configured in the environment (the aiohttp transport ignores it)."""
     import openai
 
-    if transport == "httpx" or not hasattr(openai, "DefaultAioHttpClient"):
+    proxied = any(os.environ.get(v) for v in PROXY_ENV)
+    if transport == "httpx" or (transport == "auto" and proxied) or not hasattr(openai, "DefaultAioHttpClient"):
         if transport == "aiohttp":
             raise JudgeError("transport 'aiohttp' needs an openai release with DefaultAioHttpClient")
         return None
@@ -143,7 +146,8 @@ def parse_response(text: str) -> dict:
     choices = data.get("choices")
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         return {"error": "response has no choices"}
-    content = (choices[0].get("logprobs") or {}).get("content") if isinstance(choices[0].get("logprobs"), dict) else None
+    logprobs = choices[0].get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not content or not isinstance(content, list) or not isinstance(content[0], dict):
         return {"error": "response has no logprobs content"}
     top = content[0].get("top_logprobs")
@@ -151,7 +155,7 @@ def parse_response(text: str) -> dict:
         return {"error": "response has no top_logprobs"}
     raw = []
     for e in top:
-        if not isinstance(e, dict) or not isinstance(e.get("token"), str) or not isinstance(e.get("logprob"), (int, float)):
+        if not (isinstance(e, dict) and isinstance(e.get("token"), str) and isinstance(e.get("logprob"), (int, float))):
             return {"error": "malformed top_logprobs entry"}
         lp = float(e["logprob"])
         if math.isnan(lp) or lp > 1e-6:
