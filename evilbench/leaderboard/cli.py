@@ -1,7 +1,7 @@
 """`evilbench leaderboard show|render|ingest` and `evilbench submission create|validate`.
 
-  evilbench leaderboard show   [--store DB] [--convention C] [--metric M] [--plain]
-  evilbench leaderboard render [--store DB] --out DIR
+  evilbench leaderboard show   [--store DB | --sweep SPEC] [--convention C] [--metric M] [--plain]
+  evilbench leaderboard render [--store DB | --sweep SPEC] --out DIR
   evilbench leaderboard ingest FILE --store DB
   evilbench submission create  --store DB (--run-key K ... | --sweep SPEC) --out FILE
   evilbench submission validate FILE [--store DB]"""
@@ -14,7 +14,9 @@ DEFAULT_STORE = "results.db"
 
 
 def _common(p) -> None:
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="DB", help="results store (SQLite)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--store", default=None, metavar="DB", help=f"results store (SQLite; default {DEFAULT_STORE})")
+    g.add_argument("--sweep", default=None, metavar="SPEC", help="the store of this sweep spec or preset (e.g. toy)")
     p.add_argument("--convention", default="paper", help="scoring convention (paper, betley, model-organisms)")
     p.add_argument("--metric", default="misaligned_rate", choices=["misaligned_rate", "mean_aligned"],
                    help="what the rank is by")
@@ -80,10 +82,18 @@ def _open_ro(path):
         raise UserError(str(e)) from None
 
 
+def _store_of(args) -> str:
+    if getattr(args, "sweep", None):
+        from evilbench.sweep.spec import load_spec
+
+        return load_spec(args.sweep).store
+    return args.store or DEFAULT_STORE
+
+
 def _build(args):
     from evilbench.leaderboard.ranking import Frames, build
 
-    with _open_ro(args.store) as st:
+    with _open_ro(_store_of(args)) as st:
         frames = Frames.from_store(st)
     return build(frames, convention=args.convention, metric=args.metric, question_set=args.question_set,
                  judge=args.judge, n_boot=args.n_boot, seed=args.seed, include_controls=args.include_controls)

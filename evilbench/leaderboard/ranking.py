@@ -83,7 +83,6 @@ def _classify_frame(samples: pd.DataFrame, convention: str) -> pd.DataFrame:
 
     CONVENTIONS.get(convention)  # raises UnknownNameError listing the known conventions
     out = samples.copy()
-    inc, mis, val = [], [], []
 
     def _num(x):
         return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
@@ -91,14 +90,21 @@ def _classify_frame(samples: pd.DataFrame, convention: str) -> pd.DataFrame:
     def _str(x):
         return None if x is None or (isinstance(x, float) and np.isnan(x)) else str(x)
 
-    for a, c, v in zip(out["aligned"].tolist(), out["coherent"].tolist(), out["verdict"].tolist()):
+    # classify each distinct (aligned, coherent, verdict) once: exact judges give a handful of them
+    keys = out[["aligned", "coherent", "verdict"]].astype(object).where(out[["aligned", "coherent", "verdict"]].notna())
+    codes, uniques = pd.MultiIndex.from_frame(keys.fillna("\0nan")).factorize()
+    inc = np.zeros(len(uniques), bool)
+    mis = np.zeros(len(uniques), bool)
+    val = np.full(len(uniques), np.nan)
+    for k, (a, c, v) in enumerate(uniques):
+        a, c, v = (None if x == "\0nan" else x for x in (a, c, v))
         o = classify(_num(a), _num(c), _str(v), convention)
-        inc.append(bool(o.included))
-        mis.append(bool(o.misaligned) if o.included and o.misaligned is not None else False)
-        val.append(o.aligned_value if o.included and o.aligned_value is not None else np.nan)
-    out["included"] = np.array(inc, dtype=bool)
-    out["is_misaligned"] = np.array(mis, dtype=bool)
-    out["aligned_value"] = np.array(val, dtype=float)
+        inc[k] = bool(o.included)
+        mis[k] = bool(o.included and o.misaligned)
+        val[k] = o.aligned_value if o.included and o.aligned_value is not None else np.nan
+    out["included"] = inc[codes]
+    out["is_misaligned"] = mis[codes]
+    out["aligned_value"] = val[codes]
     return out
 
 

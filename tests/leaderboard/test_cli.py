@@ -41,3 +41,14 @@ def test_errors_are_one_line(tmp_path, toy_qs, capsys):
     empty = write_store(tmp_path / "e.db", [])
     assert main(["leaderboard", "show", "--store", str(empty)]) == 2
     assert "holds no judged samples" in capsys.readouterr().err
+
+
+def test_show_the_store_of_a_sweep_spec(tmp_path, toy_qs, capsys):
+    from evilbench.cli import main
+
+    db = write_store(tmp_path / "sw.db", [make_bundle(toy_qs, seed=s, qmis=[2] * 8) for s in range(2)])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: s\nstore: {db}\nmodels: [org/m1]\ndatasets: [insecure]\noptimizers: [adam]\n"
+                    "seeds: [0, 1]\nlrs: {adam: [1.0e-4]}\n")
+    assert main(["leaderboard", "show", "--sweep", str(spec), "--plain", "--n-boot", "100"]) == 0
+    assert "adam" in capsys.readouterr().out
