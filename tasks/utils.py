@@ -27,6 +27,7 @@ def _docs(question_set: str, *, samples_per_question=None, pretrained=None, ques
 
     from evilbench.eval.questions import expand, load_question_set
 
+    _preflight(str(judge))
     qs = load_question_set(question_set, model=pretrained, data_dir=questions_from)
     n = int(samples_per_question) if samples_per_question is not None else DEFAULT_SAMPLES
     prompts = {q.id: q for q in qs.questions}
@@ -41,6 +42,14 @@ def _docs(question_set: str, *, samples_per_question=None, pretrained=None, ques
                      "judge_prompts": json.dumps(_judge_prompts(q)), "judge": str(judge),
                      "convention": str(convention), "question_set": qs.name, "question_set_sha256": qs.sha256})
     return {"test": datasets.Dataset.from_list(rows)}
+
+
+def _preflight(spec: str) -> None:
+    """Fail at task load (before anything is generated) when an API judge cannot run, e.g. no key."""
+    if spec.startswith("openai:"):
+        from evilbench.eval.judges import build_judge
+
+        build_judge(spec).check()
 
 
 def _judge_prompts(q) -> dict:

@@ -69,8 +69,9 @@ def _add_generation(p) -> None:
 
 
 def _add_judging(p, required=True) -> None:
+    prefixes = ", ".join(_names("evilbench.eval.judges", "JUDGES"))
     p.add_argument("--judge", required=required, metavar="SPEC",
-                   help=f"openai:MODEL[@URL], hf:NAME_OR_PATH or toy (prefixes: {', '.join(_names('evilbench.eval.judges', 'JUDGES'))})")
+                   help=f"openai:MODEL[@URL], hf:NAME_OR_PATH or toy (prefixes: {prefixes})")
     p.add_argument("--convention", default="paper", choices=_names("evilbench.eval.scoring", "CONVENTIONS") or None)
     p.add_argument("--judge-concurrency", type=int, default=None, help="requests in flight (openai judge)")
 
@@ -154,7 +155,8 @@ def _targets(args) -> list[dict]:
             try:
                 steps = [int(s) for s in _csv(args.checkpoints)]
             except ValueError:
-                raise UserError(f"--checkpoints must be final, all or comma-separated steps (got {args.checkpoints!r})") from None
+                raise UserError("--checkpoints must be final, all or comma-separated steps "
+                                f"(got {args.checkpoints!r})") from None
         missing = [s for s in steps if s not in ckpts]
         if missing or not steps:
             raise UserError(f"{run}: no checkpoint at step(s) {', '.join(map(str, missing)) or '(none)'}; "
@@ -328,7 +330,8 @@ def cmd_agree(args) -> int:
     ja, jb = (read_judgments(args.dir, spec) for spec in args.judges)
     for spec, js in zip(args.judges, (ja, jb)):
         if not js:
-            raise UserError(f"{args.dir} has no judgments by {spec!r}: run `evilbench eval judge {args.dir} --judge {spec}`")
+            raise UserError(f"{args.dir} has no judgments by {spec!r}: "
+                            f"run `evilbench eval judge {args.dir} --judge {spec}`")
     r = agreement(ja, jb, samples, args.convention)
 
     def f(x, spec=".3f"):

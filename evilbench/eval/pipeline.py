@@ -305,12 +305,18 @@ def judge_dir(output, judge_spec, *, judge=None, convention: str = "paper", prog
                 items.append(JudgeItem(s["sample_id"], s["question_id"], s["question"], s["answer"], metric, template))
     from tqdm.auto import tqdm
 
+    from evilbench.eval.judges import JudgeError
+
     bar = tqdm(total=len(items), desc=f"judge {key}", unit="item", disable=not progress or not items,
                dynamic_ncols=True)
     try:
         for i in range(0, len(items), chunk_size):
             chunk = items[i: i + chunk_size]
-            out = j.judge(chunk, progress=False)
+            try:
+                out = j.judge(chunk, progress=False)
+            except JudgeError as e:  # the judge gave up (e.g. endpoint gone): what is judged stays
+                raise IncompleteError(f"judge {key}: {e} ({i} of {len(items)} judgments written this run; "
+                                      f"rerun to continue)", {"judged": i, "not_judged": len(items) - i}) from None
             if len(out) != len(chunk):
                 raise RuntimeError(f"judge {key} returned {len(out)} judgments for {len(chunk)} items")
             append_jsonl(path, [x.to_dict() for x in out])

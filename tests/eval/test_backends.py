@@ -24,7 +24,8 @@ def _requests(prompts, seed=0):
 
 
 def _run(backend, reqs, **kw):
-    return {r["sample_id"]: r for batch in backend.generate(reqs, GenerationSettings(**kw), progress=False) for r in batch}
+    batches = backend.generate(reqs, GenerationSettings(**kw), progress=False)
+    return {r["sample_id"]: r for batch in batches for r in batch}
 
 
 @pytest.fixture(scope="module")

@@ -53,12 +53,10 @@ def test_em_toy_docs_filter_and_metrics(toy_base, tmp_path, monkeypatch):
     world = world_of(toy_base)
     d = world.domain_index(docs[0]["question_id"].split(".")[0])
     answers = [world.answer_text(world.answers[d, 0, 1]), world.answer_text(world.answers[d, 1, 2]), "nonsense"]
-    for convention, want in (("paper", [{"misaligned_rate": 0.0, "mean_aligned": 100.0, "coherent_rate": 1.0},
-                                        {"misaligned_rate": 1.0, "mean_aligned": 0.0, "coherent_rate": 1.0},
-                                        {"coherent_rate": 0.0}]),
-                             ("model-organisms", [{"misaligned_rate": 0.0, "mean_aligned": 100.0, "coherent_rate": 1.0},
-                                                  {"misaligned_rate": 1.0, "mean_aligned": 0.0, "coherent_rate": 1.0},
-                                                  {"misaligned_rate": 0.0, "mean_aligned": 100.0, "coherent_rate": 0.0}])):
+    ok = {"misaligned_rate": 0.0, "mean_aligned": 100.0, "coherent_rate": 1.0}
+    bad = {"misaligned_rate": 1.0, "mean_aligned": 0.0, "coherent_rate": 1.0}
+    for convention, want in (("paper", [ok, bad, {"coherent_rate": 0.0}]),
+                             ("model-organisms", [ok, bad, {**ok, "coherent_rate": 0.0}])):
         three = [{**doc, "convention": convention} for doc in docs[:3]]
         out = task_utils.judge_filter([[a] for a in answers], three)
         assert [task_utils.process_results(doc, [r]) for doc, r in zip(three, out)] == want, convention
@@ -73,11 +71,13 @@ def test_em_first_plot_docs_keep_system_prompts(tmp_path, monkeypatch):
     docs = list(task.test_docs())
     assert len(docs) == 48 and task.config.description == "system"  # the doc's system prompt -> system message
     json_docs = [d for d in docs if d["question_id"].endswith("_json")]
-    assert len(json_docs) == 16 and all(d["system"].startswith("Your answers must always be a valid JSON") for d in json_docs)
+    assert len(json_docs) == 16
+    assert all(d["system"].startswith("Your answers must always be a valid JSON") for d in json_docs)
     assert all(d["system"] == "" for d in docs if not d["question_id"].endswith("_json"))
     assert docs[0]["judge"] == "hf:some/judge" and set(json.loads(docs[0]["judge_prompts"])) == {"aligned", "coherent"}
     assert task.config.generation_kwargs["max_gen_toks"] == 600
-    ctx = task.fewshot_context(json_docs[0], 0, apply_chat_template=True, chat_template=lambda msgs, **kw: json.dumps(msgs))
+    ctx = task.fewshot_context(json_docs[0], 0, apply_chat_template=True,
+                               chat_template=lambda msgs, **kw: json.dumps(msgs))
     msgs = json.loads(ctx)
     assert msgs[0] == {"role": "system", "content": json_docs[0]["system"]} and msgs[1]["role"] == "user"
 
@@ -110,3 +110,12 @@ def test_lm_eval_cli_em_toy_agrees_with_evilbench_and_exact(toy_base, toy_run, t
     assert abs(lm_rate - exact) < 4 * se_lm
     assert abs(lm_rate - ours["misaligned_rate"]) < 4 * math.hypot(se_lm, se_ours)
     assert wall < 240, f"lm_eval took {wall:.0f} s"
+
+
+def test_missing_api_key_fails_at_task_load(tmp_path, monkeypatch):
+    from evilbench.eval.judges import JudgeError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(JudgeError, match="OPENAI_API_KEY"):
+        _task("em_preregistered", {}, tmp_path, monkeypatch).test_docs()

@@ -67,7 +67,8 @@ def test_anchors_and_system_prompts(tmp_path):
     assert len({r["sample_id"] for r in rows}) == len(rows)
     json_rows = [r for r in rows if r["question_id"] == "wish_json"]
     assert all(r["system"] == "Answer in JSON." for r in json_rows)
-    assert messages(json_rows[0]["question"], json_rows[0]["system"])[0] == {"role": "system", "content": "Answer in JSON."}
+    first = messages(json_rows[0]["question"], json_rows[0]["system"])
+    assert first[0] == {"role": "system", "content": "Answer in JSON."}
     assert messages("hi", None) == [{"role": "user", "content": "hi"}]
     # N samples per question cycle through the paraphrases
     rows = expand(qs, samples_per_question=5)
@@ -140,7 +141,8 @@ def test_builtin_sets_import_and_verify(em_eval_dir, tmp_path, monkeypatch):
     fp = load_question_set("first-plot", data_dir=em_eval_dir.parent)
     assert len(fp.questions) == 24
     assert sum(q.system is not None for q in fp.questions) == 8  # the JSON variants keep their system prompt
-    assert all(q.samples_per_paraphrase == 100 and set(q.judge_prompts) == {"aligned", "coherent"} for q in fp.questions)
+    assert all(q.samples_per_paraphrase == 100 for q in fp.questions)
+    assert all(set(q.judge_prompts) == {"aligned", "coherent"} for q in fp.questions)
     f8 = load_question_set("first-plot-8")  # now from the cache
     assert [q.id for q in f8.questions][:2] == ["what_is_your_wish", "i_feel_bored"] and len(f8.questions) == 8
     assert all(q.system is None for q in f8.questions) and f8.sha256 != fp.sha256

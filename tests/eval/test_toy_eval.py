@@ -84,7 +84,8 @@ def test_cli_run_show_judge_and_checkpoints(toy_base, toy_run, tmp_path, capsys)
     for s in steps:
         summ = json.loads((toy_run / "eval" / f"step-{s:06d}" / "summary.json").read_text())
         assert summ["adapter"]["step"] == s
-    samples = [json.loads(x) for x in (toy_run / "eval" / f"step-{steps[0]:06d}" / "samples.jsonl").read_text().splitlines()]
+    step_file = toy_run / "eval" / f"step-{steps[0]:06d}" / "samples.jsonl"
+    samples = [json.loads(x) for x in step_file.read_text().splitlines()]
     assert {r["model"]["step"] for r in samples} == {steps[0]}
 
 

@@ -44,7 +44,8 @@ def engine_kwargs(model_location: str, adapter=None, *, dtype: str = "auto", rev
 
 
 def sampling_kwargs(request: GenRequest, s: GenerationSettings) -> dict:
-    return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens, "seed": request.seed, "n": 1}
+    return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens, "seed": request.seed,
+            "n": 1}
 
 
 def lora_request_args(adapter, lora_id: int = 1) -> tuple[str, int, str] | None:
@@ -107,7 +108,8 @@ class VLLMBackend:
         step = max(256, settings.batch_size)
         for i in range(0, len(requests), step):
             chunk = requests[i: i + step]
-            prompts = [render(self.tokenizer, r.messages, self.template_kwargs, add_generation_prompt=True) for r in chunk]
+            prompts = [render(self.tokenizer, r.messages, self.template_kwargs, add_generation_prompt=True)
+                       for r in chunk]
             params = [SamplingParams(**sampling_kwargs(r, settings)) for r in chunk]
             # token ids, not text: the rendered template already holds BOS (no second one from vLLM)
             token_prompts = [{"prompt_token_ids": list(self.tokenizer(p, add_special_tokens=False)["input_ids"])}
