@@ -8,9 +8,10 @@ The server is tests/eval/fake_openai_server.py (a real HTTP server on 127.0.0.1,
 connection) in its own process, so like a real endpoint it does not share the judge's interpreter.
 The cache is off, so every round makes every request. Target: ours >= 20x the sequential
 throughput (the ideal is 32x at 32 in flight: N / 32 waves of 200 ms against N x 200 ms).
-Measured on a shared 2-core VM at load average ~9 (aiohttp transport): ours 1.19 s median for 128
-items (107 items/s), sequential 26.6 s (4.8 items/s): 22.3x. The client's CPU per request (~1.3 ms
-there) is what keeps it from 32x."""
+Each judge makes one untimed call first (HTTP client, imports). Measured on a shared 2-core VM at
+load average ~8 (aiohttp transport): ours 1.20 s median for 128 items (1.16-1.33 s over 5 rounds,
+106 items/s), sequential 26.3 s (4.9 items/s): 21.9x. The client's CPU per request (~1.3 ms there)
+is what keeps it from 32x."""
 from __future__ import annotations
 
 import subprocess
@@ -57,10 +58,12 @@ def test_judge_throughput(benchmark, server_url, impl, monkeypatch):
     benchmark.group = f"judge/local-server-{int(LATENCY_S * 1000)}ms-{N_ITEMS}-items"
     benchmark.extra_info.update(impl=impl, in_flight=IMPLS[impl], n_items=N_ITEMS, latency_s=LATENCY_S,
                                 device="cpu (local HTTP server)")
+    judge.judge(items[:1], progress=False)  # both: HTTP client made, imports done, before timing
     out = benchmark.pedantic(lambda: judge.judge(items, progress=False), rounds=ROUNDS[impl], iterations=1,
                              warmup_rounds=0)
     assert len(out) == N_ITEMS and all(j.score is not None for j in out)
     assert judge.accounting["failures"] == 0 and judge.accounting["retries"] == 0
+    assert judge.accounting["calls"] == 1 + N_ITEMS * ROUNDS[impl]
     benchmark.extra_info["items_per_s"] = N_ITEMS / benchmark.stats.stats.median
     benchmark.extra_info["transport"] = judge.transport_used
     judge.close()
