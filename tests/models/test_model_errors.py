@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,19 +44,22 @@ def test_bad_config_json_is_one_line_from_the_cli(tmp_path, capsys):
 
 
 def _load_absent(env: dict) -> tuple[float, str]:
-    code = ("import time; t = time.perf_counter()\n"
+    code = ("import time\n"
+            "from transformers import AutoTokenizer\n"
             "from evilbench.models import loading\n"
-            "try:\n    loading.load_tokenizer(loading.resolve_source('qwen3-8b'))\n"
+            "src = loading.resolve_source('qwen3-8b'); t = time.perf_counter()\n"
+            "try:\n    loading.load_tokenizer(src)\n"
             "except loading.ModelError as e:\n    print(round(time.perf_counter() - t, 1)); print(e)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     env.pop("HF_HUB_OFFLINE", None) if env.get("HF_HUB_OFFLINE") is None else None
-    t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], env={k: v for k, v in env.items() if v is not None},
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    return time.perf_counter() - t, out.stdout
+    took, _, message = out.stdout.partition("\n")
+    return float(took), message
 
 
+@pytest.mark.slow  # two fresh interpreters importing transformers
 def test_unreachable_hub_fails_fast_and_suggests_what_exists(tmp_path):
     import socket
 
@@ -66,7 +68,7 @@ def test_unreachable_hub_fails_fast_and_suggests_what_exists(tmp_path):
         hole.listen(16)
         took, out = _load_absent({"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": None,
                                   "HF_ENDPOINT": f"http://127.0.0.1:{hole.getsockname()[1]}"})
-    assert took < 30, out  # the hub client's own timeouts and retries take over a minute
+    assert took < 15, out  # the probe gives up after 3 s; the hub client's timeouts and retries took a minute
     assert "not in the local Hugging Face cache and the hub is unreachable" in out
     assert "--model tiny-qwen3" in out and "download Qwen/Qwen3-8B" in out
     took, out = _load_absent({"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
