@@ -21,8 +21,8 @@ Qwen3's empty think block) gets label -100.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from evilbench.errors import UserError
 

@@ -69,7 +69,8 @@ def registry() -> dict[str, DatasetSpec]:
 def get_spec(name: str) -> DatasetSpec:
     reg = registry()
     if name not in reg:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(reg))} (or pass a path to a .jsonl file)")
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(reg))} "
+                           "(or pass a path to a .jsonl file)")
     return reg[name]
 
 
@@ -96,11 +97,13 @@ def verify_file(path: str | Path, spec: DatasetSpec) -> dict:
     path = Path(path)
     facts = {"sha256": sha256_file(path), "rows": count_rows(path), "bytes": path.stat().st_size}
     if spec.sha256 and facts["sha256"] != spec.sha256:
-        raise DatasetError(f"{path}: sha256 {facts['sha256']} does not match the expected {spec.sha256} for {spec.name!r}")
+        raise DatasetError(f"{path}: sha256 {facts['sha256']} does not match the expected {spec.sha256} "
+                           f"for {spec.name!r}")
     if spec.git_blob:
         blob = git_blob_id(path)
         if blob != spec.git_blob:
-            raise DatasetError(f"{path}: git blob id {blob} does not match the expected {spec.git_blob} for {spec.name!r}")
+            raise DatasetError(f"{path}: git blob id {blob} does not match the expected {spec.git_blob} "
+                               f"for {spec.name!r}")
     if spec.rows is not None and facts["rows"] != spec.rows:
         raise DatasetError(f"{path}: {facts['rows']} rows, expected {spec.rows} for {spec.name!r}")
     load_chat_jsonl(path)  # raises DataError with file:line on malformed content
@@ -170,7 +173,8 @@ def fetch(name: str, from_dir: str | Path | None = None, *, force: bool = False,
             if not spec.redistributable or not spec.url:
                 raise DatasetError(
                     f"dataset {name!r} cannot be downloaded ({spec.license or 'not redistributable'}). "
-                    f"{spec.how_to_get or 'Get the file yourself and run `evilbench data fetch ' + name + ' --data-dir DIR`.'}"
+                    + (spec.how_to_get
+                       or f"Get the file yourself and run `evilbench data fetch {name} --data-dir DIR`.")
                 )
             _download(spec.url, tmp_file, progress)
             origin = spec.url
@@ -216,7 +220,7 @@ def resolve(dataset: str | Path, data_dir: str | Path | None = None) -> Resolved
             path = fetch(name, data_dir, progress=False)
         else:
             how = (f"run `evilbench data fetch {name}`" if spec.redistributable
-                   else f"{spec.how_to_get}" if spec.how_to_get else f"run `evilbench data fetch {name} --data-dir DIR`")
+                   else spec.how_to_get or f"run `evilbench data fetch {name} --data-dir DIR`")
             raise DatasetError(f"dataset {name!r} is not in the cache ({dataset_dir(name)}): {how}")
     sha = _sha256_cached(path)
     meta = json.loads((path.parent / "meta.json").read_text())

@@ -12,8 +12,8 @@ copies them (autograd carries the gradient back to the shared parameter).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -13,8 +13,9 @@ class SpectralRegularizer:
 
     The LoRA layers and their parameters are found once, at construction (call refresh() after adding
     adapters or replacing parameters); expert/convolution views are re-taken from the live parameters
-    on every call. Moving the model between devices or dtypes in place (model.to) is fine. `reduction="mean"` averages over pairs (the paper's convention), so
-    the weight does not scale with the number of adapted modules. weight 0 skips the computation.
+    on every call. Moving the model between devices or dtypes in place (model.to) is fine.
+    `reduction="mean"` averages over pairs (the paper's convention), so the weight does not scale with
+    the number of adapted modules. weight 0 skips the computation.
     `last_penalty` holds the latest unweighted value (detached) for logging.
     """
 

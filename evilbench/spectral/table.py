@@ -10,7 +10,8 @@ from evilbench.spectral.pairs import lora_pairs
 
 
 @torch.no_grad()
-def spectra_table(model, adapter_name: str | None = None, *, include_zero: bool = True, impl: str = "auto") -> list[dict]:
+def spectra_table(model, adapter_name: str | None = None, *, include_zero: bool = True,
+                  impl: str = "auto") -> list[dict]:
     """One dict per LoRA pair: module, adapter, r, d_in, d_out, scaling, zero, sigma_max, fro_norm
     (‖BA‖_F, without peft's scaling: multiply by `scaling` for ‖ΔW‖_F) and the measures of
     evilbench.spectral.measures. Adapters with ‖B‖_F < 1e-12 or ‖A‖_F < 1e-12 (peft's B = 0 init)

@@ -77,7 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--lora-alpha", type=float, default=d["lora_alpha"].default, help="LoRA alpha")
     p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"].default, help="LoRA dropout")
     p.add_argument("--no-rslora", dest="rslora", action="store_false", help="scale alpha/r instead of alpha/sqrt(r)")
-    p.add_argument("--target-modules", type=csv_list, default=None, metavar="A,B,...", help="default: from the registry")
+    p.add_argument("--target-modules", type=csv_list, default=None, metavar="A,B,...",
+                   help="default: from the registry")
     p.add_argument("--target-parameters", type=csv_list, default=None, metavar="A,B,...",
                    help="fused MoE expert weights (default: from the registry)")
     p.add_argument("--lr-schedule", choices=["linear", "cosine", "constant"], default=d["lr_schedule"].default,

@@ -24,7 +24,7 @@ from evilbench.train.config import TrainConfig, config_diff
 from evilbench.train.schedule import checkpoint_steps, lr_factor
 
 log = logging.getLogger("evilbench.train")
-_TOKENIZED: "OrderedDict[tuple, object]" = OrderedDict()  # in-process cache of tokenised datasets
+_TOKENIZED: OrderedDict[tuple, object] = OrderedDict()  # in-process cache of tokenised datasets
 
 
 class ConfigMismatchError(UserError, ValueError):
@@ -141,13 +141,13 @@ class _Run:
 
         from evilbench.data.chat import load_chat_jsonl
         from evilbench.data.registry import resolve
-        from evilbench.models.loading import (load_model, load_tokenizer, model_revision, resolve_dtype,
-                                              resolve_source)
+        from evilbench.models.loading import load_model, load_tokenizer, model_revision, resolve_dtype, resolve_source
         from evilbench.models.lora import apply_lora, lora_config, lora_modules
         from evilbench.train.batches import BatchPlan, tokenize_dataset
 
         cfg = self.cfg
-        self.device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(cfg.device if cfg.device != "auto" else auto)
         dataset = resolve(cfg.dataset, cfg.data_dir)
         if old and old.get("dataset", {}).get("sha256") not in (None, dataset.sha256):
             raise ConfigMismatchError(f"dataset {cfg.dataset!r} changed since this run started "
@@ -159,7 +159,8 @@ class _Run:
                                       f"(revision {old['model']['revision']} -> {revision}); use --overwrite")
         tokenizer = load_tokenizer(source, cfg.trust_remote_code)
         spec = source.spec
-        template_kwargs = cfg.chat_template_kwargs if cfg.chat_template_kwargs is not None else spec.chat_template_kwargs
+        template_kwargs = (cfg.chat_template_kwargs if cfg.chat_template_kwargs is not None
+                           else spec.chat_template_kwargs)
 
         examples = load_chat_jsonl(dataset.path, limit=cfg.max_examples)  # validates every line first
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
@@ -233,7 +234,8 @@ class _Run:
             "resolved": {
                 "lr": self.lr, "total_steps": self.total, "warmup_steps": self.warmup,
                 "steps_per_epoch": steps_per_epoch, "examples_per_step": self.plan.per_step,
-                "checkpoint_steps": self.ckpt_steps, "device": str(self.device), "dtype": str(dtype).replace("torch.", ""),
+                "checkpoint_steps": self.ckpt_steps, "device": str(self.device),
+                "dtype": str(dtype).replace("torch.", ""),
                 "chat_template_kwargs": template_kwargs, "target_modules": lcfg_targets,
                 "target_parameters": list(lcfg.target_parameters or []), "lora_scaling": (
                     cfg.lora_alpha / math.sqrt(cfg.lora_r) if cfg.rslora else cfg.lora_alpha / cfg.lora_r),
@@ -397,7 +399,8 @@ class _Run:
             log.info("%s: run already finished (final loss %s); not retraining", self.dir, old.get("final_loss"))
             return old
         if old is not None and old.get("status") == "failed":
-            log.error("%s: run failed before (%s); not retrying (use overwrite to start again)", self.dir, old.get("error"))
+            log.error("%s: run failed before (%s); not retrying (use overwrite to start again)", self.dir,
+                      old.get("error"))
             return old
         try:
             start, step_losses, wall_before = self._prepare(old)
@@ -564,7 +567,8 @@ class _Run:
         _save_adapter(self.model, tmp, model_card=True)
         sha = rd.seal(tmp)[rd.ADAPTER_WEIGHTS]
         rd.replace_dir(tmp, self.dir / rd.FINAL_ADAPTER)
-        self.record.update(status="finished", adapter_sha256=sha, step=self.total, wall_time_s=round(wall, 3), finished_at=_now(),
+        self.record.update(status="finished", adapter_sha256=sha, step=self.total, wall_time_s=round(wall, 3),
+                           finished_at=_now(),
                            **self._summary(step_losses))
         self._save_record()
         for name in (rd.RESUME, rd.RESUME_PREV):

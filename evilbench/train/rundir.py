@@ -13,8 +13,15 @@ import shutil
 import struct
 from pathlib import Path
 
-from evilbench._io import (MANIFEST, manifest_problems, read_manifest, replace_dir, sha256_file,  # noqa: F401
-                           write_json_atomic, write_manifest)
+from evilbench._io import (  # noqa: F401
+    MANIFEST,
+    manifest_problems,
+    read_manifest,
+    replace_dir,
+    sha256_file,
+    write_json_atomic,
+    write_manifest,
+)
 from evilbench.errors import UserError
 
 RUN_JSON = "run.json"

@@ -132,14 +132,14 @@ def test_qwen3_think_block_is_prompt_and_reasoning_is_trained(tokenizers):
     enc = encode_chat(tok, msgs, {"enable_thinking": False})
     text = tok.decode(enc.input_ids)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\na<|im_end|>\n")
-    assert tok.decode([i for i, l in zip(enc.input_ids, enc.labels) if l != IGNORE_INDEX]) == "a<|im_end|>"
+    assert tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]) == "a<|im_end|>"
     # the generation prompt with thinking off is exactly the untrained prefix
     prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    first = enc.labels.index(enc.input_ids[next(i for i, l in enumerate(enc.labels) if l != IGNORE_INDEX)])
+    first = enc.labels.index(enc.input_ids[next(i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX)])
     assert tok.decode(enc.input_ids[:first]) == prompt
     msgs[1]["content"] = "<think>\nplan\n</think>\n\nanswer"
     enc = encode_chat(tok, msgs, {"enable_thinking": False})
-    trained = tok.decode([i for i, l in zip(enc.input_ids, enc.labels) if l != IGNORE_INDEX])
+    trained = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX])
     assert trained == "plan\n</think>\n\nanswer<|im_end|>"
 
 

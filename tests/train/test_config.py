@@ -61,6 +61,7 @@ def test_cli_choices_come_from_the_registries(capsys):
 
 
 def test_top_level_help_does_not_import_torch():
-    code = "import sys; from evilbench.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
+    code = ("import sys; from evilbench.cli import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

@@ -116,12 +116,9 @@ def test_outputs_reload_and_describe_the_run(model_cache, rule_dataset, tmp_path
 
 
 def _dataset_loss(model, dataset, src):
-    from evilbench.data.chat import load_chat_jsonl
-    from evilbench.data.formatting import encode_chat
     from evilbench.models.loading import load_tokenizer
 
     tok = load_tokenizer(src)
-    total, count = 0.0, 0
     model.eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: threads only add overhead (and stall on a busy machine)
@@ -200,8 +197,11 @@ def test_resume_after_kill_matches_uninterrupted(model_cache, tmp_path):
     a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
-    assert strip(read_jsonl(tmp_path / "ref" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "killed" / "metrics.jsonl"))
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+
+    assert strip(read_jsonl(tmp_path / "ref" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "killed" /
+                                                                                   "metrics.jsonl"))
     assert (tmp_path / "ref" / "spectra.jsonl").read_text() == (tmp_path / "killed" / "spectra.jsonl").read_text()
     assert [s for s, _ in list_checkpoints(tmp_path / "killed")] == ref["checkpoints"]
     assert run["final_loss"] == ref["final_loss"]
