@@ -353,7 +353,8 @@ def cmd_questions_list(args) -> int:
     for name, loader in QUESTION_SETS.items():
         if name in specs:
             state = "cached" if cached_file(name) else "not imported"
-            print(f"{name:22s} {specs[name].get('questions', '?'):>3} questions in {specs[name]['file']} "
+            count = len(specs[name]["select"]) if specs[name].get("select") else specs[name].get("questions", "?")
+            print(f"{name:22s} {count:>3} questions from {specs[name]['file']} "
                   f"({state}) - {specs[name].get('description', '')}")
         else:
             print(f"{name:22s} {getattr(loader, 'description', '')}")

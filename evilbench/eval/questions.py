@@ -164,6 +164,11 @@ def parse_question_file(path: str | os.PathLike, kind: str = "any", select: list
             seen.setdefault(q.id, line)
             questions.append(q)
     if problems:
+        def line_of(p):
+            head = p[len(str(path)) + 1:].split(":", 1)[0]
+            return int(head) if head.isdigit() else 0
+
+        problems.sort(key=line_of)
         raise QuestionError(f"{len(problems)} problem(s) in question file:\n  " + "\n  ".join(problems))
     if select is not None:
         by_id = {q.id: q for q in questions}

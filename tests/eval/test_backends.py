@@ -146,7 +146,7 @@ class _ChatServer:
                 if fail:
                     data, code = b'{"error": {"message": "boom"}}', 500
                 else:
-                    text = f"echo:{body['messages'][-1]['content']}:{body['seed']}"
+                    text = f"echo:{body['messages'][-1]['content']}:{body.get('seed')}"
                     data, code = json.dumps({
                         "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                         "choices": [{"index": 0, "finish_reason": "stop",
