@@ -45,10 +45,10 @@ def reexec_args(argv: list[str]) -> list[str]:
     evilbench package. Not `-m evilbench.cli`: that puts the working directory first on sys.path, and
     run from the folder that holds a clone named `evilbench`, the clone's top folder would shadow the
     package (a namespace package without __version__ or anything else)."""
-    import evilbench
-
-    root = str(Path(evilbench.__file__).resolve().parent.parent)
-    boot = f"import sys; sys.path[0] = {root!r}; from evilbench.cli import main; sys.exit(main())"
+    root = str(Path(__file__).resolve().parents[1])  # the folder holding this evilbench package
+    # -c puts "" (the working directory) first on sys.path unless PYTHONSAFEPATH is set: replace it
+    boot = (f"import sys; sys.path[:1] = [{root!r}] if sys.path[:1] == [''] else [{root!r}, *sys.path[:1]]; "
+            "from evilbench.cli import main; sys.exit(main())")
     return ["-c", boot, *argv]
 
 

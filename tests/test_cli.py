@@ -16,10 +16,16 @@ def test_reexec_imports_this_package_even_beside_a_folder_named_evilbench(tmp_pa
     # the folder that holds a clone called "evilbench": that folder has no __init__.py, and
     # `python -m evilbench.cli` run from here imports it as a namespace package (no __version__)
     (tmp_path / "evilbench" / "evilbench").mkdir(parents=True)
-    out = subprocess.run([sys.executable, *reexec_args(["--version"])], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"evilbench {evilbench.__version__}"
+    import os
+
+    for safe_path in ("", "1"):  # with and without PYTHONSAFEPATH (no working directory on sys.path)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+        if safe_path:
+            env["PYTHONSAFEPATH"] = safe_path
+        out = subprocess.run([sys.executable, *reexec_args(["--version"])], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"evilbench {evilbench.__version__}"
 
 
 def test_main_reexecutes_through_reexec_args(monkeypatch):
