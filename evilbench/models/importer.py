@@ -8,7 +8,9 @@ other model. The directory is <cache>/models/<name>-<sha256[:12]>-v<IMPORT_VERSI
 temporary sibling and renamed into place (readers never see a half-written import)."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import platform
 import shutil
@@ -175,8 +177,12 @@ def _load_dequantised(gguf_path: Path, progress: bool):
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
+    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)  # its "de-quantizing" bar ignores hf_logging
     if not progress:
         hf_logging.disable_progress_bar()
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         kw = {"gguf_file": gguf_path.name}
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
@@ -184,8 +190,11 @@ def _load_dequantised(gguf_path: Path, progress: bool):
     except Exception as e:
         raise ModelError(f"transformers cannot load {gguf_path} ({type(e).__name__}: {e})") from e
     finally:
-        if bars and not progress:
-            hf_logging.enable_progress_bar()
+        if not progress:
+            if gguf_tqdm is not None:
+                gguf_utils.tqdm = gguf_tqdm
+            if bars:
+                hf_logging.enable_progress_bar()
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -255,7 +264,8 @@ def import_model(name: str, gguf: str | Path | None = None, *, force: bool = Fal
     license_ = recipe.get("license") or meta.get("general.license")
     tokenizer, model = _load_dequantised(src, progress)
     if spec.architecture and type(model).__name__ != spec.architecture:
-        raise ModelError(f"{src} loads as {type(model).__name__}, registry entry {spec.name!r} expects {spec.architecture}")
+        raise ModelError(f"{src} loads as {type(model).__name__}, registry entry {spec.name!r} expects "
+                         f"{spec.architecture}")
     model.config._name_or_path = spec.name
     # GGUF tokenizers come without a length limit; the context length is the model's (lm-eval etc. read it)
     if getattr(model.config, "max_position_embeddings", None):
