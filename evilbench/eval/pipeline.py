@@ -99,6 +99,32 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+class _DirLock:
+    """An exclusive lock on an evaluation directory for one stage: two processes never append to the
+    same files (a second one fails at once with a clear error)."""
+
+    def __init__(self, output: Path):
+        self.path = Path(output) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise EvalError(f"{self.path.parent} is in use by another evaluation process") from None
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
 def _write_json(path: Path, obj) -> None:
     from evilbench.train.rundir import write_json_atomic
 
@@ -187,6 +213,17 @@ def generate(model, questions, output, *, adapter=None, samples_per_question: in
     `backend` is a registry name ("hf", "vllm", "openai") or a built backend (reused across adapters:
     its adapter is switched with set_adapter). Raises IncompleteError (after writing everything that
     finished) when some samples could not be generated."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    with _DirLock(output):
+        return _generate(model, questions, output, adapter=adapter, samples_per_question=samples_per_question,
+                         backend=backend, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                         top_p=top_p, batch_size=batch_size, progress=progress, step=step,
+                         backend_opts=backend_opts, data_dir=data_dir, overwrite=overwrite)
+
+
+def _generate(model, questions, output: Path, *, adapter, samples_per_question, backend, seed, max_new_tokens,
+              temperature, top_p, batch_size, progress, step, backend_opts, data_dir, overwrite) -> Path:
     from evilbench.eval.backends import (
         GENERATION_BACKENDS,
         GenerationSettings,
@@ -195,8 +232,6 @@ def generate(model, questions, output, *, adapter=None, samples_per_question: in
     )
     from evilbench.eval.questions import expand, messages
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     qs = _question_set(questions, model, data_dir)
     settings = GenerationSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                                   batch_size=batch_size)
@@ -289,6 +324,15 @@ def judge_dir(output, judge_spec, *, judge=None, convention: str = "paper", prog
     if not (output / QUESTIONS).is_file():
         raise EvalError(f"{output} has no generated answers ({QUESTIONS} missing): run `evilbench eval generate` first")
     j = judge if judge is not None else _build_judge(judge_spec, judge_opts)
+    with _DirLock(output):
+        _judge(output, j, chunk_size, progress)
+    if write_summary:
+        summarize_dir(output, judge_key(j.identity), convention, accounting=getattr(j, "accounting", None),
+                      identity=j.identity)
+    return output / JUDGMENTS
+
+
+def _judge(output: Path, j, chunk_size: int, progress: bool) -> None:
     key = judge_key(j.identity)
     qs = read_question_file(output)
     qmap = {q.id: q for q in qs.questions}
@@ -323,9 +367,6 @@ def judge_dir(output, judge_spec, *, judge=None, convention: str = "paper", prog
             bar.update(len(chunk))
     finally:
         bar.close()
-    if write_summary:
-        summarize_dir(output, key, convention, accounting=getattr(j, "accounting", None), identity=j.identity)
-    return path
 
 
 # --------------------------------------------------------------------------------------- summary

@@ -251,3 +251,14 @@ def test_system_prompt_reaches_the_prompt(tmp_path, eval_cache):
     assert rows[0]["system"] == "Always answer as a pirate." and rows[0]["generation"]["max_new_tokens"] == 4
     metrics = judged_metrics(read_question_file(out).questions[0])
     assert set(metrics) == {"aligned", "coherent"} and "{answer}" in metrics["aligned"]
+
+
+def test_one_process_per_directory(tmp_path):
+    from evilbench.eval.pipeline import _DirLock
+
+    q = tmp_path / "q.yaml"
+    q.write_text("- id: a\n  paraphrases: [x]\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    with _DirLock(out), pytest.raises(EvalError, match="in use by another evaluation process"):
+        generate("m", str(q), out, backend="openai", progress=False)
