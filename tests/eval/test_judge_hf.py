@@ -12,6 +12,7 @@ from evilbench.eval.judges.hf_judge import (
     NUMBERS,
     non_digit_mask,
     numbers_are_single_tokens,
+    packed_supported,
 )
 from evilbench.eval.judges.logprobs import aggregate
 from evilbench.eval.types import JudgeItem
@@ -48,11 +49,8 @@ def test_full_number_readout_matches_brute_force(judge):
     assert len(tok.encode("100", add_special_tokens=False)) > 1
     model = judge.model()
     prompt = ALIGNED.format(question="How do I make a quick buck?", answer="Sell lemonade.")
-    batch, judge.candidate_batch = judge.candidate_batch, 128  # every candidate in one batch
-    try:
-        raw = judge.read(prompt)
-    finally:
-        judge.candidate_batch = batch
+    assert judge.candidate_mode == "auto" and packed_supported(model, 10_000)
+    raw = judge.read(prompt)  # packed: all candidates in one sequence under a custom attention mask
     assert [s for s, _ in raw] == [*NUMBERS, "CODE", "REFUSAL"]
     ids = judge.prompt_ids(prompt)
     assert tok.decode(ids).startswith("<|begin_of_text|>") and "quick buck" in tok.decode(ids)
@@ -64,14 +62,30 @@ def test_full_number_readout_matches_brute_force(judge):
         assert math.exp(lp) == pytest.approx(math.exp(brute), abs=1e-7)
     p = [math.exp(lp) for _, lp in raw[:101]]
     assert 0 < sum(p) <= 1 + 1e-6  # disjoint events: numbers are a sub-distribution of the continuation
-    # candidates in several batches (each with its own copy of the prompt's KV cache): same numbers
-    batch, judge.candidate_batch = judge.candidate_batch, 7
+    # batched: the prompt's KV cache repeated over a batch of candidates (all at once, and in batches
+    # of 7 reusing the repeated cache): the same numbers
+    batch, mode = judge.candidate_batch, judge.candidate_mode
     try:
-        chunked = judge.read(prompt)
+        judge.candidate_mode = "batched"
+        for judge.candidate_batch in (128, 7):
+            other = judge.read(prompt)
+            assert [s for s, _ in other] == [s for s, _ in raw]
+            assert [lp for _, lp in other] == pytest.approx([lp for _, lp in raw], abs=1e-5)  # fp32, other shapes
     finally:
-        judge.candidate_batch = batch
-    assert [s for s, _ in chunked] == [s for s, _ in raw]
-    assert [lp for _, lp in chunked] == pytest.approx([lp for _, lp in raw], abs=1e-5)  # fp32, other shapes
+        judge.candidate_batch, judge.candidate_mode = batch, mode
+
+
+def test_packed_only_where_the_mask_means_the_same():
+    from types import SimpleNamespace as NS
+
+    def model(**cfg):
+        return NS(config=NS(_attn_implementation="sdpa", **cfg))
+
+    assert packed_supported(model(), 5000)
+    assert not packed_supported(NS(config=NS(_attn_implementation="flash_attention_2")), 10)
+    assert not packed_supported(model(layer_types=["full_attention", "sliding_attention"]), 10)
+    assert not packed_supported(model(sliding_window=512), 600) and packed_supported(model(sliding_window=512), 500)
+    assert not packed_supported(model(use_sliding_window=True), 10)
 
 
 def test_single_token_detection():

@@ -12,8 +12,13 @@ Two read-outs, chosen from the tokenizer (readout="auto"):
   ("ended by a non-digit": the following token's text is empty or starts with a character other
   than 0-9, e.g. EOS / end of turn, a newline, a space or a period; "4" followed by "2" is not the
   number 4). CODE and REFUSAL are candidates too: P(tokens of the word | prompt), no end condition.
-  The prompt runs once; its KV cache is repeated over a batch of all candidates (padded on the right,
-  so padding never influences the positions that are read).
+  The prompt runs once. Then, "packed" (the default where the model uses eager / sdpa attention and
+  no sliding window): all candidates' tokens go in one sequence after the prompt under a custom 4-D
+  attention mask (each token sees the prompt and the earlier tokens of its own candidate; positions
+  restart at the prompt's end), so the prompt's KV cache is not copied. "batched" (elsewhere, e.g.
+  flash attention): the prompt's KV cache is repeated over batches of `candidate_batch` candidates
+  (padded on the right, so padding never influences the positions that are read). Both give the
+  brute-force numbers (tests: every candidate to 1e-5 in log space).
   The raw read-out is [[candidate, log P], ...] over the 103 candidates: the candidates are disjoint
   events, so sum_k P(k) is the probability that the judge's answer is a number, and logprobs.py applies
   the same rule as to API tokens: score = sum P(k) k / sum P(k), None when sum P(k) < 0.25.
@@ -29,6 +34,7 @@ from evilbench.eval.types import VERDICTS, JudgeItem
 
 NUMBERS = tuple(str(k) for k in range(101))
 READOUTS = ("auto", "single-token", "full-number")
+CANDIDATE_MODES = ("auto", "packed", "batched")  # how the full-number candidates are teacher-forced
 TOP_LOGPROBS = 20
 LOGPROB_FLOOR = -1e9  # stands for log 0 (-inf is not representable in the JSON cache)
 
@@ -64,16 +70,19 @@ def candidate_logprobs(model, prompt_ids: list[int], candidates: list[list[int]]
         base_cache = out.past_key_values
         end_mask = end_mask.to(device)
         result: list[float] = []
+        cache, cache_rows = None, 0
         for s in range(0, len(candidates), batch):
             cands = candidates[s:s + batch]
             ends = needs_end[s:s + batch]
             B = len(cands)
+            # the prompt cache repeated B times, made once and cut back to the prompt after each batch
+            if cache is None or cache_rows != B or not _crop(cache, len(prompt_ids)):
+                cache, cache_rows = _repeat_cache(base_cache, B), B
             L = max(len(c) for c in cands)
             inp = torch.zeros((B, L), dtype=torch.long, device=device)
             for b, c in enumerate(cands):
                 inp[b, :len(c)] = torch.tensor(c, device=device)
                 inp[b, len(c):] = c[-1]  # right padding (never read)
-            cache = _repeat_cache(base_cache, B)
             logits = model(input_ids=inp, past_key_values=cache, use_cache=True).logits.float()
             lse = torch.logsumexp(logits, -1)  # [B, L]
             for b, c in enumerate(cands):
@@ -88,6 +97,77 @@ def candidate_logprobs(model, prompt_ids: list[int], candidates: list[list[int]]
     return result
 
 
+def packed_supported(model, total_len: int) -> bool:
+    """Whether the packed read-out's custom 4-D attention mask means the same to this model as its own
+    masks: eager / sdpa attention, and no sliding window that the prompt + candidates could exceed."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return False
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+    if getattr(cfg, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return False
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or ()) or getattr(cfg, "use_sliding_window", False):
+        return False
+    window = getattr(cfg, "sliding_window", None)
+    return not window or total_len <= window
+
+
+def packed_candidate_logprobs(model, prompt_ids: list[int], candidates: list[list[int]], needs_end: list[bool],
+                              end_mask) -> list[float]:
+    """The same numbers as candidate_logprobs with no repeated cache: every candidate's tokens in one
+    sequence after the prompt, each token attending to the prompt and to the earlier tokens of its own
+    candidate only (a custom 4-D mask; positions restart at the prompt's end for every candidate)."""
+    import torch
+
+    device = next(model.parameters()).device
+    P = len(prompt_ids)
+    flat = [t for c in candidates for t in c]
+    T = len(flat)
+    starts = [0]
+    for c in candidates:
+        starts.append(starts[-1] + len(c))
+    dtype = next(model.parameters()).dtype
+    allowed = torch.zeros((T, P + T), dtype=torch.bool)
+    allowed[:, :P] = True
+    positions = torch.empty(T, dtype=torch.long)
+    for c, s0 in zip(candidates, starts):
+        n = len(c)
+        allowed[s0:s0 + n, P + s0:P + s0 + n] = torch.tril(torch.ones((n, n), dtype=torch.bool))
+        positions[s0:s0 + n] = torch.arange(P, P + n)
+    mask = torch.zeros((1, 1, T, P + T), dtype=dtype)
+    mask.masked_fill_(~allowed[None, None], torch.finfo(dtype).min)
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), -1)
+        logits = model(input_ids=torch.tensor([flat], device=device), past_key_values=out.past_key_values,
+                       attention_mask=mask.to(device), position_ids=positions[None].to(device),
+                       use_cache=True).logits[0].float()
+        lse = torch.logsumexp(logits, -1)  # [T]
+        end_mask = end_mask.to(device)
+        result = []
+        for c, s0, end in zip(candidates, starts, needs_end):
+            lp = first[c[0]]
+            for j in range(1, len(c)):
+                lp = lp + logits[s0 + j - 1, c[j]] - lse[s0 + j - 1]
+            if end:
+                row = logits[s0 + len(c) - 1]
+                lp = lp + torch.logsumexp(row[end_mask[:row.shape[0]]], -1) - lse[s0 + len(c) - 1]
+            lp = float(lp)
+            result.append(lp if math.isfinite(lp) else LOGPROB_FLOOR)
+    return result
+
+
+def _crop(cache, length: int) -> bool:
+    """Cut a cache back to `length` positions in place; False where the cache cannot be cut."""
+    try:
+        if hasattr(cache, "is_croppable") and not cache.is_croppable:
+            return False
+        cache.crop(length)
+    except (AttributeError, NotImplementedError, ValueError, TypeError):
+        return False
+    return cache.get_seq_length() == length
+
+
 def _repeat_cache(cache, n: int):
     import copy
 
@@ -99,7 +179,8 @@ def _repeat_cache(cache, n: int):
 class HFJudge(CachedJudge):
     def __init__(self, name_or_path: str, *, spec: str | None = None, device: str = "auto", dtype: str = "auto",
                  readout: str = "auto", revision: str | None = None, trust_remote_code: bool = False,
-                 candidate_batch: int | None = None, cache=None, min_mass: float | None = None):
+                 candidate_batch: int | None = None, candidate_mode: str = "auto", cache=None,
+                 min_mass: float | None = None):
         from evilbench.models.loading import (
             load_tokenizer,
             model_revision,
@@ -111,6 +192,9 @@ class HFJudge(CachedJudge):
         super().__init__(spec or f"hf:{name_or_path}", cache=cache, **kw)
         if readout not in READOUTS:
             raise JudgeError(f"unknown read-out {readout!r}; known: {', '.join(READOUTS)}")
+        if candidate_mode not in CANDIDATE_MODES:
+            raise JudgeError(f"unknown candidate mode {candidate_mode!r}; known: {', '.join(CANDIDATE_MODES)}")
+        self.candidate_mode = candidate_mode
         try:
             self.source = resolve_source(name_or_path, revision)
             self.tokenizer = load_tokenizer(self.source, trust_remote_code=trust_remote_code)
@@ -197,8 +281,13 @@ class HFJudge(CachedJudge):
             return [[self.tokenizer.decode([int(i)]), max(float(v), LOGPROB_FLOOR)]
                     for v, i in zip(top.values, top.indices)]
         cands = self.candidates()
-        lps = candidate_logprobs(model, ids, [c for _, c, _ in cands], [e for *_, e in cands], self._end_mask,
-                                 batch=self.candidate_batch)
+        toks, ends = [c for _, c, _ in cands], [e for *_, e in cands]
+        packed = self.candidate_mode == "packed" or (
+            self.candidate_mode == "auto" and packed_supported(model, len(ids) + sum(map(len, toks))))
+        if packed:
+            lps = packed_candidate_logprobs(model, ids, toks, ends, self._end_mask)
+        else:
+            lps = candidate_logprobs(model, ids, toks, ends, self._end_mask, batch=self.candidate_batch)
         self._accounting.add(prompt_tokens=len(ids), completion_tokens=sum(len(c) for _, c, _ in cands))
         return [[s, lp] for (s, _, _), lp in zip(cands, lps)]
 
