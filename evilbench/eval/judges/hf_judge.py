@@ -163,7 +163,7 @@ def _crop(cache, length: int) -> bool:
         if hasattr(cache, "is_croppable") and not cache.is_croppable:
             return False
         cache.crop(length)
-    except (AttributeError, NotImplementedError, ValueError, TypeError):
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError, TypeError):  # e.g. sliding windows
         return False
     return cache.get_seq_length() == length
 
