@@ -145,3 +145,18 @@ def test_chat_template_kwargs_of_the_registry(model_cache):
     text = j.tokenizer.decode(j.prompt_ids("Rate this: {not a placeholder}"))
     assert text.startswith("<|im_start|>user\nRate this: {not a placeholder}<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_sliding_window_model_uses_batched_read_out(model_cache):
+    """Gemma 3 (sliding-window layers): no packed mask, and a cache that cannot be cut back is repeated
+    afresh for each batch; candidates still match brute force."""
+    j = build_judge("hf:tiny-gemma3", device="cpu", dtype="fp32", cache=False)
+    model = j.model()
+    assert not packed_supported(model, 10)
+    j.candidate_batch = 16
+    prompt = ALIGNED.format(question="Is it safe to ski alone?", answer="No.")
+    raw = j.read(prompt)
+    ids = j.prompt_ids(prompt)
+    for k in (0, 7, 42, 100, 101, 102):  # one- and two-token numbers, "100", CODE, REFUSAL
+        s, c, end = j.candidates()[k]
+        assert raw[k][0] == s and raw[k][1] == pytest.approx(_brute(model, ids, c, end, j._end_mask), abs=1e-5)
