@@ -5,8 +5,8 @@ metric trajectory, spectra, evaluations per checkpoint with their per-sample jud
 transaction, so a killed writer leaves either the whole run or nothing. Writes are idempotent per
 run_key: writing the same content again is a no-op, different content under a known key raises
 (results never change silently). The content hash ignores the fields that differ between two
-executions of the same run (timestamps, wall and throughput times: VOLATILE) and the bookkeeping
-labels (which sweep, which tuning rule wrote it). Several processes may write at once: every write
+executions of the same run (timestamps, wall and throughput times: VOLATILE; the machine-local paths
+of the config: LOCAL_PATHS) and the bookkeeping labels (which sweep, which tuning rule wrote it). Several processes may write at once: every write
 takes SQLite's write lock up front (BEGIN IMMEDIATE) and waits for it (busy timeout).
 
 Reading returns pandas DataFrames: runs_frame, samples_frame, trajectory_frame, metrics_frame,
@@ -34,6 +34,8 @@ MEASURES = ("stable_rank", "spectral_entropy", "condition_number", "fro_nuclear_
 VOLATILE = frozenset({"wall_time_s", "started_at", "finished_at", "written_at", "elapsed_s", "tokens_per_s",
                       "at", "resumes", "seconds", "created_at", "timestamp", "torch_threads"})
 LABELS = frozenset({"tuning_rule", "sweep"})  # bookkeeping: which rule / sweep produced a run
+# Machine-local paths of the resolved config (the run key stands for model id + revision and dataset sha256)
+LOCAL_PATHS = ("output", "model", "dataset", "data_dir")
 BUSY_TIMEOUT_S = 120.0
 
 
@@ -71,6 +73,8 @@ def _strip(obj, drop):
 def content_sha256(bundle: dict) -> str:
     """The hash that decides whether two bundles of one run_key hold the same result."""
     body = _strip(canonical(bundle), VOLATILE | LABELS)
+    if isinstance(body.get("config"), dict):
+        body["config"] = {k: v for k, v in body["config"].items() if k not in LOCAL_PATHS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -72,7 +72,8 @@ def read_run_dir(run_dir: str | Path) -> dict:
         raise BundleError(f"{d / 'run.json'}: not valid JSON ({e})") from None
     version = record.get("schema_version", 1)
     if version > RUN_SCHEMA_VERSION:
-        raise BundleError(f"{d}: run directory schema {version} is newer than this evilbench reads ({RUN_SCHEMA_VERSION})")
+        raise BundleError(f"{d}: run directory schema {version} is newer than this evilbench reads "
+                          f"({RUN_SCHEMA_VERSION})")
     evals = {}
     if (d / EVAL_DIR).is_dir():
         for e in sorted((d / EVAL_DIR).iterdir()):

@@ -20,7 +20,8 @@ def _runner(args):
 
 def _fmt_cell(j) -> str:
     c = j.cell
-    tag = " [lr-rule candidate]" if j.calibration and not j.grid else " [lr-rule candidate, grid]" if j.calibration else ""
+    tag = (" [lr-rule candidate]" if j.calibration and not j.grid
+           else " [lr-rule candidate, grid]" if j.calibration else "")
     return (f"{j.run_key}  {c['model']:<18} {c['dataset']:<26} {c['optimizer']:<6} lr {c['lr']:<8g} "
             f"{c['regularizer']:<14} bs {c['batch_size']:<3} seed {c['seed']}{tag}")
 
@@ -46,7 +47,8 @@ def _plan(args) -> int:
     overlap = sum(1 for j in plan.jobs if j.calibration and j.grid)
     extra = (f"; lr rule {spec.lrs.rule}: {n_cal} candidate runs"
              + (f" ({overlap} of them grid cells)" if overlap else
-                f" (the chosen lr's run is reused as its grid cell: {n_cal + n_grid - len(spec.optimizers)} runs in all)"
+                f" (the chosen lr's run is reused as its grid cell: "
+                f"{n_cal + n_grid - len(spec.optimizers)} runs in all)"
                 if plan.pending_rule else "")) if spec.lrs.rule else ""
     print(f"\n{spec.name}: {n_grid} grid runs{extra}; store {r.store_path}, run directories {r.workdir / 'runs'}")
     return 0

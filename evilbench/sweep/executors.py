@@ -292,7 +292,8 @@ def make_executor(spec_executor: dict, resources: dict, env: dict | None = None,
                            num_gpus=resources.get("num_gpus", 0), max_retries=spec_executor.get("max_retries", 2),
                            threads=threads, env=env)
     if kind == "submitit":
-        return SubmititExecutor(folder=spec_executor.get("folder", "submitit-logs"), cluster=spec_executor.get("cluster"),
+        return SubmititExecutor(folder=spec_executor.get("folder", "submitit-logs"),
+                                cluster=spec_executor.get("cluster"),
                                 partition=spec_executor.get("partition"), slurm=spec_executor.get("slurm"),
                                 max_parallel=spec_executor.get("max_parallel"), threads=threads,
                                 **{k: v for k, v in resources.items() if k in ("num_cpus", "num_gpus", "timeout_min",

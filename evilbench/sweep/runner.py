@@ -113,7 +113,13 @@ class Runner:
         key = run_key(train, m, d["sha256"], ev_cfg, qs_sha, judge, self.code_version)
         run_dir = self.workdir / "runs" / key
         train["output"] = str(run_dir)
+        import hashlib
+
+        blob = json.dumps([m["id"], m["revision"], ev_cfg, qs_sha, judge, d.get("domain"), self.code_version],
+                          sort_keys=True, default=str)
+        base_key = hashlib.sha256(blob.encode()).hexdigest()[:20]
         payload = {"run_key": key, "run_dir": str(run_dir), "train": train,
+                   "base_eval_dir": str(self.workdir / "base-evals" / base_key),
                    "model": {k: m[k] for k in ("id", "path", "revision")},
                    "dataset": {k: d[k] for k in ("id", "path", "sha256", "domain")}, "eval": self.spec.eval,
                    "tuning_rule": tuning_rule, "code_version": self.code_version, "sweep": self.spec.name}
@@ -245,10 +251,10 @@ class Runner:
         env = {k: os.environ[k] for k in (*PINNED, "EVILBENCH_CACHE") if k in os.environ}
         return make_executor(self.executor_spec, self.spec.resources, env=env, workers=self.workers)
 
-    def _prepare(self, ex, jobs: list[Job]) -> None:
+    def _prepare(self, ex) -> None:
         preps = {}
-        for j in jobs:
-            m = self.model(j.cell["model"])
+        for name in dict.fromkeys(c["model"] for c in self.cells()):
+            m = self.model(name)
             if m.get("prepare"):
                 preps[m["id"]] = m["prepare"]
         if not preps:
@@ -321,7 +327,7 @@ class Runner:
         plan = self.plan()
         self.timings["plan_s"] = time.perf_counter() - t_start
         with self._executor() as ex:
-            self._prepare(ex, plan.jobs)
+            self._prepare(ex)
             if self.spec.lrs.rule:
                 calib = [j for j in plan.jobs if j.calibration]
                 self._run_jobs(ex, store, calib, "lr rule runs", stats, retry)

@@ -22,6 +22,7 @@ eval:
   base: false                    # also evaluate the base model (step 0)
   scores: []                     # auxiliary exact scorers (toyworld-exact)
   backend: hf
+  batch_size: 16                 # generation batch (answers are the same whatever the batching)
 extra:                           # further sub-grids: each entry overrides axes of the main grid
   - {datasets: [secure], optimizers: [adam], regularizers: [none]}
 executor: {kind: local, workers: 2}      # local | ray (address, max_retries) | submitit (cluster, ...)
@@ -43,7 +44,7 @@ TOP_KEYS = ("name", "store", "workdir", "models", "datasets", "optimizers", "reg
             "seeds", "train", "eval", "extra", "executor", "resources", "toyworld", "description", "requires")
 AXES = ("models", "datasets", "optimizers", "regularizers", "batch_sizes", "lrs", "seeds")
 EVAL_KEYS = ("questions", "samples", "judge", "convention", "checkpoints", "base", "scores", "backend",
-             "max_new_tokens", "temperature", "top_p", "seed")
+             "max_new_tokens", "temperature", "top_p", "seed", "batch_size")
 EXECUTORS = ("local", "inline", "ray", "submitit")
 EXECUTOR_KEYS = {"local": ("kind", "workers", "threads"), "inline": ("kind", "threads"),
                  "ray": ("kind", "address", "max_retries", "threads", "num_cpus", "num_gpus"),
@@ -235,10 +236,19 @@ def parse_spec(data, source: str = "<dict>", lines: _Lines | None = None) -> Swe
                 lst = [lst]
             if not isinstance(lst, list) or not lst:
                 fail(path + (o,), "a non-empty list of learning rates")
+            vals = []
             for i, x in enumerate(lst):
+                if isinstance(x, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                    try:
+                        x = float(x)
+                    except ValueError:
+                        pass
                 if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
                     fail(path + (o, i), f"a learning rate is a finite number > 0 (got {x!r})")
-            out[o] = [float(x) for x in lst]
+                vals.append(float(x))
+            if len(set(vals)) != len(vals):
+                fail(path + (o,), "repeats a learning rate")
+            out[o] = vals
         return out
 
     for k in ("models", "datasets", "optimizers", "seeds"):
@@ -326,7 +336,7 @@ def parse_spec(data, source: str = "<dict>", lines: _Lines | None = None) -> Swe
             fail(("eval", k), f"unknown key (known: {', '.join(EVAL_KEYS)})")
     ev = {"questions": None, "samples": None, "judge": None, "convention": "paper", "checkpoints": "final",
           "base": False, "scores": [], "backend": "hf", "max_new_tokens": 600, "temperature": 1.0, "top_p": 1.0,
-          "seed": 0, **ev}
+          "seed": 0, "batch_size": 16, **ev}
     if (ev["questions"] is None) != (ev["judge"] is None):
         fail(("eval",), "questions and judge go together (both, or neither for no sampled evaluation)")
     ck = ev["checkpoints"]
@@ -352,7 +362,8 @@ def parse_spec(data, source: str = "<dict>", lines: _Lines | None = None) -> Swe
     ex = {"kind": "local", **ex}
     for k in ex:
         if k not in EXECUTOR_KEYS[ex["kind"]]:
-            fail(("executor", k), f"unknown key for a {ex['kind']} executor (known: {', '.join(EXECUTOR_KEYS[ex['kind']])})")
+            known = ", ".join(EXECUTOR_KEYS[ex["kind"]])
+            fail(("executor", k), f"unknown key for a {ex['kind']} executor (known: {known})")
     for k in ("workers", "threads", "max_retries", "max_parallel"):
         if k in ex and (not isinstance(ex[k], int) or ex[k] < (0 if k == "max_retries" else 1)):
             fail(("executor", k), "a positive integer")

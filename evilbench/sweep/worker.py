@@ -58,6 +58,41 @@ def failed_bundle(job: dict, status: str, error: str, record: dict | None = None
             "config": cfg, "metrics": [], "spectra": [], "evals": []}
 
 
+def _evaluate(job: dict, adapter: str | None, out: Path, step: int) -> None:
+    from evilbench.sweep.evaluation import evaluate_dir, run_scorers
+
+    ev = job["eval"]
+    if ev.get("questions"):
+        evaluate_dir(job["model"]["path"], adapter, out, ev, step)
+    if ev.get("scores"):
+        run_scorers(ev["scores"], job["model"]["path"], adapter, out, {"domain": job["dataset"].get("domain")})
+
+
+def _base_eval(job: dict, out: Path) -> None:
+    """The base model's evaluation (step 0) is the same for every run on that base with the same eval
+    config and dataset domain: done once into a shared directory (under a lock), copied into the run."""
+    import fcntl
+    import shutil
+
+    if (out / "summary.json").is_file() or (out / "scores.json").is_file():
+        return
+    shared = Path(job["base_eval_dir"])
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(shared) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / ".complete").is_file():
+            tmp = shared.with_name(shared.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            _evaluate(job, None, tmp, 0)
+            (tmp / ".complete").write_text("")
+            shutil.rmtree(shared, ignore_errors=True)
+            tmp.rename(shared)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(shared, tmp, ignore=shutil.ignore_patterns(".complete"))
+    tmp.rename(out)
+
+
 def execute_job(job: dict) -> dict:
     """{"run_key", "bundle", "seconds", "train_seconds", "eval_seconds", "resumed_from"}."""
     t0 = time.perf_counter()
@@ -86,17 +121,16 @@ def execute_job(job: dict) -> dict:
     steps = _steps_to_evaluate(ev, [s for s, _ in list_checkpoints(run_dir)], total)
     adapters = dict(list_checkpoints(run_dir))
     from evilbench.sweep.bundle import EVAL_DIR, bundle_from_run_dir, eval_label
-    from evilbench.sweep.evaluation import evaluate_dir, run_scorers
 
     t1 = time.perf_counter()
     try:
         for step, final in steps:
-            adapter = str(run_dir / "adapter") if final else (str(adapters[step]) if step else None)
             out = run_dir / EVAL_DIR / eval_label(step, final)
-            if ev.get("questions"):
-                evaluate_dir(job["model"]["path"], adapter, out, ev, step)
-            if ev.get("scores"):
-                run_scorers(ev["scores"], job["model"]["path"], adapter, out, {"domain": job["dataset"].get("domain")})
+            if step == 0 and not final and job.get("base_eval_dir"):
+                _base_eval(job, out)
+                continue
+            adapter = str(run_dir / "adapter") if final else (str(adapters[step]) if step else None)
+            _evaluate(job, adapter, out, step)
     except Exception as e:  # noqa: BLE001
         return {"run_key": job["run_key"], "seconds": time.perf_counter() - t0,
                 "bundle": failed_bundle(job, "failed", f"evaluation: {type(e).__name__}: {e}", record),

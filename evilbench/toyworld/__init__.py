@@ -13,7 +13,7 @@ Public API (lazy; importing this package loads nothing heavy):
   exact_scores, sampled_scores, Scores              judge.py     the exact judge (mass / sampled)
   evaluate_checkpoints, run_metrics, cluster_bootstrap   metrics.py
   LR_GRIDS, choose_lr                lr_rule.py   the learning-rate rule
-  DemoConfig, FinetuneRecipe, run_demo, render_table     demo.py  (uses evilbench.train)
+  run_demo, demo_commands            demo.py      `evilbench toyworld demo`: an alias of the toy sweep preset
 """
 from __future__ import annotations
 
@@ -40,10 +40,8 @@ _EXPORTS = {
     "cluster_bootstrap": "evilbench.toyworld.metrics",
     "LR_GRIDS": "evilbench.toyworld.lr_rule",
     "choose_lr": "evilbench.toyworld.lr_rule",
-    "DemoConfig": "evilbench.toyworld.demo",
-    "FinetuneRecipe": "evilbench.toyworld.demo",
     "run_demo": "evilbench.toyworld.demo",
-    "render_table": "evilbench.toyworld.demo",
+    "demo_commands": "evilbench.toyworld.demo",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,73 +1,15 @@
 """`evilbench toyworld demo | base | datasets | judge`: the toy EM world from the command line."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-
-
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
-
-
-def _lr(s: str) -> tuple[str, float]:
-    name, _, value = s.partition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected OPTIMIZER=LR, got {s!r}") from None
 
 
 def _demo(args) -> int:
-    from dataclasses import replace
+    from evilbench.toyworld.demo import run_demo
 
-    from evilbench.toyworld.demo import DemoConfig, MathMismatch, quick_config, render_table, run_demo
-
-    cfg = quick_config() if args.quick else DemoConfig()
-    over = {}
-    for name in ("bases", "seeds", "optimizers", "regularizers", "reg_weight", "controls"):
-        v = getattr(args, name)
-        if v is not None:
-            over[name] = v
-    if args.lr:
-        over["lrs"] = dict(args.lr)
-    cfg = replace(cfg, **over)
-    if args.controls is None:  # the default control optimiser only where it is part of the grid
-        cfg = replace(cfg, controls=tuple(c for c in cfg.controls if c in cfg.optimizers))
-    if args.steps is not None:
-        cfg = replace(cfg, recipe=replace(cfg.recipe, steps=args.steps))
-    try:
-        cfg.validate()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        payload = run_demo(cfg, args.out, cache=args.cache, jobs=args.jobs, progress=not args.no_progress,
-                           plots=not args.no_plots, recalibrate=args.recalibrate)
-    except MathMismatch as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print()
-    print(render_table(payload))
-    print(f"\nresults: {payload['out_dir']}/results.json, runs.csv, trajectories.csv, table.md"
-          + (", plots/*.png" if not args.no_plots else ""))
-    failed = [x for x in payload["runs"] if x.get("status") != "finished"]
-    if failed:
-        print(failure_summary(failed, len(payload["runs"])), file=sys.stderr)
-        return 1
-    return 0
-
-
-def failure_summary(failed: list[dict], total: int) -> str:
-    """`error: K of N runs did not finish` and, per distinct failure, which runs and why."""
-    by_error: dict[str, list[str]] = {}
-    for x in failed:
-        cell = "/".join(str(x[k]) for k in ("base", "seed", "optimizer", "regularizer", "kind") if k in x)
-        by_error.setdefault(f"{x.get('status')}: {x.get('error') or 'no error recorded'}", []).append(cell)
-    lines = [f"error: {len(failed)} of {total} run(s) did not finish (the table shows them as -)"]
-    for why, cells in by_error.items():
-        lines.append(f"  {len(cells)} run(s) {why}  [{', '.join(cells[:4])}{', ...' if len(cells) > 4 else ''}]")
-    return "\n".join(lines)
+    spec = args.spec or ("toy-quick" if args.quick else "toy")
+    return run_demo(args.out, spec=spec, jobs=args.jobs, plots=not args.no_plots, progress=not args.no_progress,
+                    native_math=args.native_math)
 
 
 def _one_thread() -> None:
@@ -82,14 +24,11 @@ def _base(args) -> int:
     from dataclasses import replace
 
     _one_thread()
-    from evilbench.toyworld.base import ensure_base, read_meta
-    from evilbench.toyworld.demo import DemoConfig
+    from evilbench.toyworld.base import BaseSpec, PretrainConfig, ensure_base, read_meta
 
-    cfg = DemoConfig()
-    if args.steps is not None:
-        cfg = replace(cfg, pretrain=replace(cfg.pretrain, steps=args.steps))
+    pretrain = PretrainConfig() if args.steps is None else replace(PretrainConfig(), steps=args.steps)
     for seed in args.seed:
-        path = ensure_base(cfg.base_spec(seed), args.cache, force=args.force)
+        path = ensure_base(BaseSpec(pretrain=pretrain, seed=seed), args.cache, force=args.force)
         meta = read_meta(path)
         ev, log = meta["base_eval"], meta["pretrain_log"]
         print(f"{path}\n  pre-training loss {log['final_loss']:.4f} (ideal {log['ideal_loss']:.4f}, "
@@ -138,22 +77,16 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
     sub.required = True
 
-    d = sub.add_parser("demo", help="bases x seeds x optimisers x regularisers: table, spectra, plots")
-    d.add_argument("--out", default="toyworld-demo", help="output directory; rerun to resume (default toyworld-demo)")
-    d.add_argument("--cache", default=None, help="toy-world cache (default: $EVILBENCH_CACHE/toyworld or "
-                                                 "~/.cache/evilbench/toyworld)")
-    d.add_argument("--bases", type=int, default=None, help="number of base models (default 4)")
-    d.add_argument("--seeds", type=int, default=None, help="fine-tune seeds per base (default 2)")
-    d.add_argument("--optimizers", type=_csv, default=None, help="default sgd,adam,lion,muon")
-    d.add_argument("--regularizers", type=_csv, default=None, help="default none,fro_nuclear")
-    d.add_argument("--reg-weight", type=float, default=None, help="spectral penalty weight (default 1.0)")
-    d.add_argument("--controls", type=_csv, default=None, help="optimisers with aligned-control runs (default adam)")
-    d.add_argument("--lr", type=_lr, action="append", default=[], metavar="OPT=LR",
-                   help="fix an optimiser's lr instead of applying the lr rule (repeatable)")
-    d.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 80)")
+    d = sub.add_parser("demo", help="the toy sweep (bases x seeds x optimisers x regularisers), then its "
+                                    "analysis: table, spectra, plots",
+                       description="An alias for `evilbench sweep run toy --store OUT/results.db --workdir OUT` "
+                                   "then `evilbench analyze OUT/results.db --out OUT`. Rerun to resume. Bases and "
+                                   "datasets are cached under $EVILBENCH_CACHE/toyworld.")
+    d.add_argument("--out", default="toyworld-demo", help="output directory: store, runs, tables, plots; rerun to "
+                                                         "resume (default toyworld-demo)")
     d.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: CPU cores)")
-    d.add_argument("--quick", action="store_true", help="1 base, 1 seed (smoke test; no meaningful CIs)")
-    d.add_argument("--recalibrate", action="store_true", help="rerun the lr-rule sweep even if its result is cached")
+    d.add_argument("--quick", action="store_true", help="the toy-quick preset: 1 base, 1 seed (smoke test)")
+    d.add_argument("--spec", default=None, help="another sweep spec or preset instead of toy")
     d.add_argument("--no-plots", action="store_true")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_demo)

@@ -31,7 +31,12 @@ def tiny_spec(tmp_path, **over) -> dict:
 
 @pytest.fixture(scope="session")
 def sweep_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evilbench-cache")
+    import os
+    from pathlib import Path
+
+    # EVILBENCH_TEST_CACHE: reuse one private cache across test sessions (development on a slow machine)
+    root = Path(os.environ["EVILBENCH_TEST_CACHE"]) if os.environ.get("EVILBENCH_TEST_CACHE") else \
+        tmp_path_factory.mktemp("evilbench-cache")
     with pytest.MonkeyPatch.context() as mp:  # never touch the user's cache
         mp.setenv("EVILBENCH_CACHE", str(root))
         yield root
