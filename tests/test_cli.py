@@ -61,18 +61,21 @@ def test_expected_errors_are_one_line_and_exit_2_unless_debug(monkeypatch, capsy
 
 
 def test_demo_with_failed_runs_exits_non_zero_and_names_the_failure(monkeypatch, tmp_path, capsys):
+    """The demo is `sweep run toy` (which names every failed run and exits 1) then `analyze`: a failed
+    sweep makes the demo exit non-zero, after the analysis of what finished."""
     import evilbench.toyworld.demo as demo
 
-    if not hasattr(demo, "render_table"):
-        pytest.skip("the demo runs on the sweep runner, whose failed runs are checked with it")
-    runs = [{"base": 0, "seed": 0, "optimizer": "adam", "regularizer": "none", "kind": "misaligned",
-             "status": "finished"},
-            {"base": 0, "seed": 0, "optimizer": "muon", "regularizer": "none", "kind": "misaligned",
-             "status": "crashed", "error": "AttributeError: module 'evilbench' has no attribute '__version__'"}]
-    monkeypatch.setattr(demo, "run_demo", lambda cfg, out, **kw: {"runs": runs, "out_dir": str(tmp_path)})
-    monkeypatch.setattr(demo, "render_table", lambda payload: "table")
+    calls = []
+
+    def fake(argv):
+        calls.append(argv)
+        if argv[0] == "sweep":
+            (tmp_path / "results.db").write_bytes(b"")
+            return 1
+        return 0
+
+    monkeypatch.setattr(demo, "_call", fake)
     assert main(["toyworld", "demo", "--out", str(tmp_path), "--no-plots", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "1 of 2 run(s) did not finish" in err
-    assert "crashed: AttributeError: module 'evilbench' has no attribute '__version__'" in err
-    assert "0/0/muon/none/misaligned" in err
+    assert "some runs failed (named above)" in err
+    assert [c[:3] for c in calls] == [["sweep", "run", "toy"], ["analyze", str(tmp_path / "results.db"), "--out"]]

@@ -15,7 +15,8 @@ def _run(args) -> int:
     target = Path(args.target).expanduser()
     if args.store:
         path = Path(args.store)
-    elif target.suffix in (".db", ".sqlite", ".sqlite3") or (target.is_file() and target.read_bytes()[:15] == b"SQLite format 3"):
+    elif target.suffix in (".db", ".sqlite", ".sqlite3") or (
+            target.is_file() and target.read_bytes()[:15] == b"SQLite format 3"):
         path = target
     else:
         from evilbench.sweep.spec import load_spec
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=None, help="the store, when TARGET is a spec whose store moved")
     p.add_argument("--question-set", default=None, help="evaluations of this question set (default: the most common)")
     p.add_argument("--judge", default=None, help="evaluations of this judge spec (default: the most common)")
-    p.add_argument("--convention", default=None, help="evaluations scored with this convention (default: the most common)")
+    p.add_argument("--convention", default=None,
+                   help="evaluations scored with this convention (default: the most common)")
     p.add_argument("--fit-measure", default=None, help="measure whose threshold marks the first fit (default: "
                                                        "scores_in_domain_misalignment if present, else loss-based)")
     p.add_argument("--fit-threshold", type=float, default=0.9)

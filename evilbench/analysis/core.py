@@ -153,7 +153,8 @@ def cells(df, columns: list[str], n_boot: int = 2000) -> list[dict]:
         for c in columns:
             row[c] = ci_dict(_values(done, c), n_boot=n_boot) if c in df.columns else None
         if "fit_step" in df.columns:
-            row["fit_rate"] = sum(1 for r in done if r.get("fit_step") is not None and not _nan(r["fit_step"])) / max(1, len(done))
+            fitted = sum(1 for r in done if r.get("fit_step") is not None and not _nan(r["fit_step"]))
+            row["fit_rate"] = fitted / max(1, len(done))
         res.append(row)
     return res
 

@@ -109,15 +109,22 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(label)
-        handles = {}
-        for ax in axes[0]:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(lab.replace(f", {regs[0]}", f", {regs[0]}"), h)
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
-                   frameon=False, bbox_to_anchor=(0.5, -0.02))
+        from matplotlib.lines import Line2D
+
+        # style-only legend (colour = optimiser, shown in the panel titles)
+        labels = {lab for ax in axes[0] for lab in ax.get_legend_handles_labels()[1]}
+        handles = [Line2D([], [], color="#444444", ls=_style(reg), lw=1.8, label=f"{label}, {reg}")
+                   for reg in regs if f"{label}, {reg}" in labels]
+        if any(lab.startswith("in-domain") for lab in labels):
+            handles.append(Line2D([], [], color="#444444", ls=":", lw=1.2, label="in-domain misalignment, none"))
+        handles += [Line2D([], [], color="#666666", lw=1.2, label=lab) for lab in sorted(labels) if "(control)" in lab]
+        if base_rate is not None and math.isfinite(base_rate):
+            handles.append(Line2D([], [], color="black", ls=":", lw=0.9, label=f"bases' rate ({100 * base_rate:.1f}%)"))
+        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
         fig.suptitle(f"{label} during fine-tuning on {main_ds.split(':')[-1]} (mean over runs, 95% CI band; "
                      "line colour = optimiser, dashed = regularised)", fontsize=9)
-        fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(handles) > 4), 1, 1))
+        fig.tight_layout(rect=(0, 0.1 + 0.05 * (len(handles) > 3), 1, 1))
         save(fig, "trajectories.png")
 
     # 2. held-out vs in-domain on a logit axis
@@ -180,13 +187,15 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
         cl = [c for c in res["cells"] if c.get(col) and c[col]["n"]]
         xs = np.arange(len(cl))
         means = [c[col]["mean"] for c in cl]
-        err = [[max(0.0, c[col]["mean"] - c[col]["lo"]) for c in cl], [max(0.0, c[col]["hi"] - c[col]["mean"]) for c in cl]]
+        err = [[max(0.0, c[col]["mean"] - c[col]["lo"]) for c in cl],
+               [max(0.0, c[col]["hi"] - c[col]["mean"]) for c in cl]]
         ax1.bar(xs, means, yerr=err, capsize=3, color=[color(c["optimizer"]) for c in cl], alpha=0.9,
                 hatch=None, edgecolor="black", linewidth=[0 if c["regularizer"] == "none" else 1.2 for c in cl])
         for i, c in enumerate(cl):
             if c["regularizer"] != "none":
                 ax1.patches[i].set_hatch("//")
-        ax1.set_xticks(xs, [f"{c['optimizer']}\n{c['regularizer']}\n{c['dataset'].split(':')[-1]}" for c in cl], fontsize=6)
+        ticks = [f"{c['optimizer']}\n{c['regularizer']}\n{c['dataset'].split(':')[-1]}" for c in cl]
+        ax1.set_xticks(xs, ticks, fontsize=6)
         r = res.get("lora_r")
         ax1.axhline(1.0, color="#666666", ls=":", lw=0.8, label="rank one (1.0)")
         if r:
@@ -225,8 +234,9 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
             x = np.log(ok["final_loss"].to_numpy(float))
             k, b = np.polyfit(x, ok[a].to_numpy(float), 1)
             xx = np.linspace(x.min(), x.max(), 20)
-            ax.plot(xx, k * xx + b, color="black", lw=1, label=f"OLS: R² {reg['r2_log_loss']:.2f}, "
-                                                              f"stratified adj. R² {reg['adj_r2_optimizer_stratified']:.2f}")
+            lab = (f"OLS: R² {reg['r2_log_loss']:.2f}, "
+                   f"stratified adj. R² {reg['adj_r2_optimizer_stratified']:.2f}")
+            ax.plot(xx, k * xx + b, color="black", lw=1, label=lab)
         ax.set_xlabel("log final training loss")
         ax.set_ylabel(f"final {res['alignment']}")
         ax.grid(alpha=0.3)

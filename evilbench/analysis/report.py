@@ -62,11 +62,13 @@ def render(res: dict) -> str:
     primary, measures = res["primary"], res["measures"]
     cols = _cols(measures, primary)
     n_models = res["n_models"]
-    lines = [(f"Results of {res['store']}: {res['n_runs']} runs ({res['n_finished']} finished) over {n_models} model(s). "
+    lines = [(f"Results of {res['store']}: {res['n_runs']} runs ({res['n_finished']} finished) over "
+              f"{n_models} model(s). "
              "Misalignment and coherence in %, mean [95% CI, bootstrap over models, then seeds]."), ""]
     if res["base"]:
         b = res["base"]
-        parts = [f"{LABELS.get(m, m)} {_fmt(b[m], m)}" for m in (primary, "scores_held_out_coherence", "misaligned_rate")
+        parts = [f"{LABELS.get(m, m)} {_fmt(b[m], m)}"
+                 for m in (primary, "scores_held_out_coherence", "misaligned_rate")
                  if m in b]
         lines += ["Base models (step 0): " + ", ".join(parts), ""]
     lines += ["| optimiser | regulariser | data | lr | n | " + " | ".join(h for _, h, _ in cols) + " | final loss |",
@@ -77,10 +79,12 @@ def render(res: dict) -> str:
                      + " | ".join(_fmt(c.get(col), m) for col, _, m in cols) + f" | {_fmt(c.get('final_loss'))} |")
     if res["matched"]:
         lines += ["", "At matched training loss (each run where its loss first reaches the loss every run of its "
-                      "dataset reaches: " + ", ".join(f"{_short(d)} {v:.4f}" for d, v in res["matched_loss"].items()) + "):",
+                      "dataset reaches: "
+                      + ", ".join(f"{_short(d)} {v:.4f}" for d, v in res["matched_loss"].items()) + "):",
                   "", f"| optimiser | regulariser | data | n | {LABELS.get(primary, primary)} | "
                       + ("EM (sampled) |" if primary != "misaligned_rate" and "misaligned_rate" in measures else ""),
-                  "|---|---|---|---|---|" + ("---|" if primary != "misaligned_rate" and "misaligned_rate" in measures else "")]
+                  "|---|---|---|---|---|"
+                  + ("---|" if primary != "misaligned_rate" and "misaligned_rate" in measures else "")]
         for c in res["matched"]:
             extra = (f" {_fmt(c.get('matched_misaligned_rate'), 'misaligned_rate')} |"
                      if primary != "misaligned_rate" and "misaligned_rate" in measures else "")
@@ -97,10 +101,12 @@ def render(res: dict) -> str:
         dcols = [f"final_{primary}", f"final_{res['alignment']}", "final_loss"]
         lines += ["", "Regulariser effect (regularised − plain, runs paired by model, data, optimiser, lr, seed):", "",
                   (f"| optimiser | regulariser | data | pairs | Δ {LABELS.get(primary, primary)} | "
-                  f"Δ {LABELS.get(res['alignment'], res['alignment'])} | Δ final loss |"), "|---|---|---|---|---|---|---|"]
+                  f"Δ {LABELS.get(res['alignment'], res['alignment'])} | Δ final loss |"),
+                  "|---|---|---|---|---|---|---|"]
         for r in res["regularizer_effect"]:
             lines.append(f"| {r['optimizer']} | {r['regularizer']} | {_short(r['dataset'])} | {r['pairs']} | "
-                         f"{_fmt(r.get('delta_' + dcols[0]), primary)} | {_fmt(r.get('delta_' + dcols[1]), None, '{:.2f}')} | "
+                         f"{_fmt(r.get('delta_' + dcols[0]), primary)} | "
+                         f"{_fmt(r.get('delta_' + dcols[1]), None, '{:.2f}')} | "
                          f"{_fmt(r.get('delta_final_loss'), None, '{:.4f}')} |")
     if any(c.get(f"spectra_{m}") for c in res["cells"] for m in SPECTRA):
         lines += ["", "Spectra of the final adapters (mean over modules, then runs):", "",
@@ -142,13 +148,14 @@ def analyze(store, out_dir: str | Path, opts: Options | None = None, plots: bool
     primary = opts.primary or ("scores_held_out_misalignment" if "scores_held_out_misalignment" in measures
                                else "misaligned_rate")
     per_run_cols = [c for c in df.columns if c.startswith(("final_", "auc_", "at_fit_", "peak_", "min_", "spectra_"))]
-    cell_rows = cells(df, per_run_cols + ["final_loss"], opts.n_boot)
+    cell_rows = cells(df, per_run_cols + ["final_loss", "fit_step"], opts.n_boot)
     matched, targets = matched_loss(df, traj, measures, opts.n_boot)
-    res = {"store": str(store.path), "n_runs": len(df), "n_finished": int((df["status"] == "finished").sum()) if len(df) else 0,
+    n_finished = int((df["status"] == "finished").sum()) if len(df) else 0
+    res = {"store": str(store.path), "n_runs": len(df), "n_finished": n_finished,
            "n_models": df["model"].nunique() if len(df) else 0, "primary": primary, "alignment": opts.alignment,
-           "measures": measures, "fit_measure": opts.fit_measure or ("scores_in_domain_misalignment"
-                                                                      if "scores_in_domain_misalignment" in measures
-                                                                      else f"loss within {opts.loss_tolerance:.0%} of final"),
+           "measures": measures,
+           "fit_measure": opts.fit_measure or ("scores_in_domain_misalignment" if "scores_in_domain_misalignment"
+                                               in measures else f"loss within {opts.loss_tolerance:.0%} of final"),
            "fit_threshold": opts.fit_threshold, "cells": cell_rows,
            "base": base_rates(traj, df, measures, opts.n_boot), "matched": matched, "matched_loss": targets,
            "regressions": regressions(df, opts.alignment),

@@ -39,7 +39,8 @@ def cluster_bootstrap(values: dict[tuple, float], n_boot: int = 2000, seed: int 
 
 def ci_dict(values: dict[tuple, float], **kw) -> dict:
     mean, lo, hi = cluster_bootstrap(values, **kw)
-    return {"mean": mean, "lo": lo, "hi": hi, "n": sum(1 for v in values.values() if v is not None and math.isfinite(v))}
+    n = sum(1 for v in values.values() if v is not None and math.isfinite(v))
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n}
 
 
 def ols(y, X_cols: dict, categorical: dict | None = None) -> dict:
@@ -63,15 +64,15 @@ def ols(y, X_cols: dict, categorical: dict | None = None) -> dict:
 def value_at_loss(losses, values, target: float) -> float | None:
     """The value where a trajectory first reaches training loss <= target, linearly interpolated in
     loss between the two checkpoints around the crossing; None if it never gets there."""
-    pts = [(float(l), float(v)) for l, v in zip(losses, values)
-           if l is not None and v is not None and math.isfinite(l) and math.isfinite(v)]
-    for i, (l, v) in enumerate(pts):
-        if l <= target:
+    pts = [(float(x), float(v)) for x, v in zip(losses, values)
+           if x is not None and v is not None and math.isfinite(x) and math.isfinite(v)]
+    for i, (x, v) in enumerate(pts):
+        if x <= target:
             if i == 0:
                 return v
-            l0, v0 = pts[i - 1]
-            if l0 == l:
+            x0, v0 = pts[i - 1]
+            if x0 == x:
                 return v
-            w = (l0 - target) / (l0 - l)
+            w = (x0 - target) / (x0 - x)
             return v0 + w * (v - v0)
     return None

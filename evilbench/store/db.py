@@ -6,7 +6,8 @@ transaction, so a killed writer leaves either the whole run or nothing. Writes a
 run_key: writing the same content again is a no-op, different content under a known key raises
 (results never change silently). The content hash ignores the fields that differ between two
 executions of the same run (timestamps, wall and throughput times: VOLATILE; the machine-local paths
-of the config: LOCAL_PATHS) and the bookkeeping labels (which sweep, which tuning rule wrote it). Several processes may write at once: every write
+of the config: LOCAL_PATHS) and the bookkeeping labels (which sweep, which tuning rule wrote it).
+Several processes may write at once: every write
 takes SQLite's write lock up front (BEGIN IMMEDIATE) and waits for it (busy timeout).
 
 Reading returns pandas DataFrames: runs_frame, samples_frame, trajectory_frame, metrics_frame,
@@ -84,7 +85,8 @@ def _dumps(obj) -> str:
 
 def validate_bundle(bundle: dict) -> None:
     def bad(msg):
-        raise StoreError(f"invalid bundle{' ' + repr(bundle.get('run_key')) if isinstance(bundle, dict) else ''}: {msg}")
+        key = f" {bundle.get('run_key')!r}" if isinstance(bundle, dict) else ""
+        raise StoreError(f"invalid bundle{key}: {msg}")
 
     if not isinstance(bundle, dict):
         bad("not a dict")
@@ -376,8 +378,9 @@ class Store:
                    "judge_model": jm, "convention": conv, "n_samples": n}
             for k in ("misaligned_rate", "mean_aligned", "coherent_rate", "n_included"):
                 row[k] = overall.get(k)
-            for k, (lo, hi) in ((k, v) for k, v in (overall.get("ci") or {}).items() if isinstance(v, list) and len(v) == 2):
-                row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+            for k, v in (overall.get("ci") or {}).items():
+                if isinstance(v, list) and len(v) == 2:
+                    row[f"{k}_lo"], row[f"{k}_hi"] = v
             for k, v in (json.loads(scores) if scores else {}).items():
                 if isinstance(v, (int, float)) or v is None:
                     row[f"scores_{k}"] = v
@@ -400,11 +403,13 @@ class Store:
             return ev.assign(loss=[])
         df = ev.merge(m, on=["run_key", "step"], how="left")
         front = ["run_key", "step", "loss"]
-        return df[front + [c for c in df.columns if c not in front]].sort_values(["run_key", "step"]).reset_index(drop=True)
+        df = df[front + [c for c in df.columns if c not in front]]
+        return df.sort_values(["run_key", "step"]).reset_index(drop=True)
 
     def spectra_frame(self):
         """run_key, step, module and the four measures, one row per LoRA module and checkpoint."""
-        return self._frame(f"SELECT run_key, step, module, {', '.join(MEASURES)} FROM spectra ORDER BY run_key, step, module")
+        cols = ", ".join(MEASURES)
+        return self._frame(f"SELECT run_key, step, module, {cols} FROM spectra ORDER BY run_key, step, module")
 
     def counts(self) -> dict:
         out = {}

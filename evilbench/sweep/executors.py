@@ -64,23 +64,25 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="evilbench-parent-watchdog").start()
 
 
-def _local_worker(parent_pid: int, threads: int, tasks, results, wid: int) -> None:
+def _local_worker(parent_pid: int, threads: int, conn) -> None:
     die_with_parent(parent_pid)
     from evilbench.sweep.worker import init_worker
 
     init_worker(threads)
     while True:
-        item = tasks.get()
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
         if item is None:
             return
-        idx, fn_path, payload = item
-        results.put(("start", wid, idx, None))
+        fn_path, payload = item
         try:
             module, _, name = fn_path.partition(":")
             out = getattr(importlib.import_module(module), name)(payload)
         except BaseException as e:  # noqa: BLE001 - reported to the parent
             out = _error(e)
-        results.put(("done", wid, idx, out))
+        conn.send(out)
 
 
 class InlineExecutor:
@@ -109,74 +111,89 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None, threads: int = 1, **_):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.threads = threads
-        self.procs: dict[int, object] = {}
+        self.procs: dict[int, tuple] = {}  # worker id -> (process, connection)
 
     def __enter__(self):
         import multiprocessing as mp
 
         self.ctx = mp.get_context("spawn")
-        self.tasks = self.ctx.Queue()
-        self.results = self.ctx.Queue()
         self._next = 0
         return self
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> int:
         wid = self._next
         self._next += 1
-        p = self.ctx.Process(target=_local_worker, args=(os.getpid(), self.threads, self.tasks, self.results, wid),
-                             daemon=True, name=f"evilbench-sweep-worker-{wid}")
+        parent_end, child_end = self.ctx.Pipe(duplex=True)
+        p = self.ctx.Process(target=_local_worker, args=(os.getpid(), self.threads, child_end), daemon=True,
+                             name=f"evilbench-sweep-worker-{wid}")
         p.start()
-        self.procs[wid] = p
+        child_end.close()
+        self.procs[wid] = (p, parent_end)
+        return wid
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs.values() if p.is_alive()]
+        return [p.pid for p, _ in self.procs.values() if p.is_alive()]
 
     def __exit__(self, *exc):
-        for _ in self.procs:
+        for _p, conn in self.procs.values():
             try:
-                self.tasks.put(None)
-            except (OSError, ValueError):
+                conn.send(None)
+            except (OSError, ValueError, BrokenPipeError):
                 pass
         deadline = time.monotonic() + 5
-        for p in self.procs.values():
+        for p, conn in self.procs.values():
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
                 p.join(1)
+            conn.close()
         self.procs.clear()
         return False
 
     def map(self, fn_path: str, payloads: list[dict]) -> Iterator[tuple[int, dict]]:
-        import queue
+        """Each worker holds at most one job; the parent knows which, so a worker that dies (killed,
+        out of memory) is reported with its job and replaced."""
+        from multiprocessing.connection import wait
 
-        if not payloads:
-            return
-        while len([p for p in self.procs.values() if p.is_alive()]) < min(self.workers, len(payloads)):
-            self._spawn()
-        for i, p in enumerate(payloads):
-            self.tasks.put((i, fn_path, p))
-        running: dict[int, int] = {}  # worker id -> job index
-        done = 0
-        while done < len(payloads):
-            try:
-                kind, wid, idx, out = self.results.get(timeout=0.5)
-            except queue.Empty:
-                for wid, p in list(self.procs.items()):
-                    if not p.is_alive():
-                        self.procs.pop(wid)
-                        idx = running.pop(wid, None)
-                        if idx is not None:
-                            done += 1
-                            yield idx, {"error": f"worker process died (exit code {p.exitcode})", "worker_died": True}
-                        if done < len(payloads):
-                            self._spawn()
+        todo = list(range(len(payloads)))
+        busy: dict[int, int] = {}  # worker id -> job index
+        while todo or busy:
+            while len(self.procs) < min(self.workers, len(todo) + len(busy)):
+                self._spawn()
+            for wid in list(self.procs):
+                if wid not in busy and todo:
+                    i = todo.pop(0)
+                    try:
+                        self.procs[wid][1].send((fn_path, payloads[i]))
+                        busy[wid] = i
+                    except (OSError, BrokenPipeError):
+                        todo.insert(0, i)
+            if not busy:
                 continue
-            if kind == "start":
-                running[wid] = idx
-            else:
-                running.pop(wid, None)
-                done += 1
-                yield idx, out
+            by_obj = {}
+            for wid in busy:
+                p, conn = self.procs[wid]
+                by_obj[conn] = wid
+                by_obj[p.sentinel] = wid
+            for obj in wait(list(by_obj)):
+                wid = by_obj[obj]
+                if wid not in busy:
+                    continue
+                p, conn = self.procs[wid]
+                out = None
+                if conn.poll():
+                    try:
+                        out = conn.recv()
+                    except (EOFError, OSError):
+                        out = None
+                if out is None and not p.is_alive():
+                    p.join(0.1)
+                    out = {"error": f"worker process died (exit code {p.exitcode})", "worker_died": True}
+                    conn.close()
+                    self.procs.pop(wid)
+                elif out is None:
+                    continue
+                yield busy.pop(wid), out
 
 
 def _ray_entry(fn_path: str, payload: dict, threads: int):

@@ -18,20 +18,23 @@ OPTS = {"sgd": 0.0, "adam": 6.0, "lion": -9.0, "muon": 15.0}   # stratum offsets
 
 def _bundle(key, model, opt, reg, seed, final_loss, aligned, traj):
     evals = []
-    for step, loss_at, mis, ind in traj:
+    for step, _loss, mis, ind in traj:
         evals.append({"step": step, "is_final": step == traj[-1][0], "question_set": "qs", "question_set_sha256": "h",
                       "judge": {"spec": "j", "model": "jm"}, "convention": "paper",
                       "summary": {"overall": {"misaligned_rate": mis, "mean_aligned": aligned if step == traj[-1][0]
                                               else 50.0, "coherent_rate": 0.9}},
-                      "scores": {"in_domain_misalignment": ind, "held_out_misalignment": mis, "held_out_coherence": 0.95},
+                      "scores": {"in_domain_misalignment": ind, "held_out_misalignment": mis,
+                                 "held_out_coherence": 0.95},
                       "samples": []})
     return {"run_key": key, "schema_version": 1,
             "run": {"model": model, "model_revision": "r", "dataset": "d", "dataset_sha256": "s", "optimizer": opt,
-                    "optimizer_kwargs": {}, "lr": 1e-3, "regularizer": reg, "reg_weight": 1.0 if reg != "none" else None,
+                    "optimizer_kwargs": {}, "lr": 1e-3, "regularizer": reg,
+                    "reg_weight": 1.0 if reg != "none" else None,
                     "batch_size": 4, "seed": seed, "status": "finished", "final_loss": final_loss, "steps": traj[-1][0],
                     "wall_time_s": 1.0, "tuning_rule": None, "code_version": "x", "versions": {}},
             "config": {"lora_r": 8},
-            "metrics": [{"step": s, "loss": l, "lr": 1e-3, "penalty": None, "grad_norm": 1.0} for s, l, _, _ in traj if s],
+            "metrics": [{"step": s, "loss": x, "lr": 1e-3, "penalty": None, "grad_norm": 1.0}
+                        for s, x, _, _ in traj if s],
             "spectra": [{"step": traj[-1][0], "module": "m", "stable_rank": 2.0, "spectral_entropy": 1.0,
                          "condition_number": 3.0, "fro_nuclear_ratio": 0.5 if reg == "none" else 0.36}],
             "evals": evals}
@@ -48,7 +51,8 @@ def synthetic(tmp_path):
             for reg in ("none", "fro_nuclear"):
                 for seed in (0, 1):
                     loss = float(np.exp(rng.uniform(-1.5, 0.5)))
-                    aligned = 70.0 - 12.0 * math.log(loss) + off + float(rng.normal(0, 2.0)) + (3.0 if reg != "none" else 0)
+                    aligned = (70.0 - 12.0 * math.log(loss) + off + float(rng.normal(0, 2.0))
+                               + (3.0 if reg != "none" else 0))
                     traj = [(0, None, 0.05, 0.05), (1, 2.0, 0.1, 0.3), (4, 1.2, 0.3, 0.95), (10, loss, 0.5, 1.0)]
                     s.write_run(_bundle(f"r{i}", model, opt, reg, seed, loss, aligned, traj))
                     rows.append((opt, reg, model, seed, loss, aligned))

@@ -106,7 +106,8 @@ def test_migration_from_v1_and_newer_refused(tmp_path):
     con = sqlite3.connect(path)
     con.executescript(V1)
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO runs(run_key, origin, content_sha256, bundle_schema, written_at, model, optimizer, status, "
+    con.execute("INSERT INTO runs(run_key, origin, content_sha256, bundle_schema, written_at, model, optimizer, "
+                "status, "
                 "run_json) VALUES ('old', 'reproduced', 'x', 1, 't', 'm', 'adam', 'finished', '{}')")
     con.commit()
     con.close()

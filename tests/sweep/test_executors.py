@@ -71,11 +71,14 @@ def test_kill9_of_the_demo_alias_kills_the_sweep(tmp_path, monkeypatch):
     """`evilbench toyworld demo` runs the sweep as a child process: it must die with the demo too."""
     from evilbench.toyworld import demo
 
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from evilbench.toyworld import demo\n"
-            "demo._evilbench_argv = lambda a: [sys.executable, '-c', 'import time, os; open(%r, \"w\").write(str(os.getpid())); time.sleep(120)']\n"
-            "demo.run_demo(%r)\n") % (str(HERE.parent.parent), str(tmp_path / "child"), str(tmp_path / "out"))
-    parent = subprocess.Popen([sys.executable, "-c", code])
+    child_code = f"import os, time; open({str(tmp_path / 'child')!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    script = tmp_path / "demo_parent.py"
+    script.write_text("import sys\n"
+                      f"sys.path.insert(0, {str(HERE.parent.parent)!r})\n"
+                      "from evilbench.toyworld import demo\n"
+                      f"demo._evilbench_argv = lambda a: [sys.executable, '-c', {child_code!r}]\n"
+                      f"demo.run_demo({str(tmp_path / 'out')!r})\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (tmp_path / "child").is_file():
         time.sleep(0.1)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
+from sweep_helpers import square  # noqa: F401  (the helpers module is importable from this folder)
 
 from evilbench.sweep.spec import SpecError, load_spec, parse_spec
-from sweep_helpers import square  # noqa: F401  (the helpers module is importable from this folder)
 
 GOOD = """\
 name: t
@@ -34,7 +34,8 @@ def _write(tmp_path, text):
 
 
 @pytest.mark.parametrize("bad, where, msg", [
-    (GOOD.replace("optimizers: [adam, sgd]", "optimizers: [adam, sgdd]"), ":4: optimizers[1]", "unknown optimiser 'sgdd'"),
+    (GOOD.replace("optimizers: [adam, sgd]", "optimizers: [adam, sgdd]"), ":4: optimizers[1]",
+     "unknown optimiser 'sgdd'"),
     (GOOD.replace('"fro_nuclear:0.5"', '"fro_nuclear:-1"'), ":5: regularizers[1]", "finite number > 0"),
     (GOOD.replace('"fro_nuclear:0.5"', '"spiky"'), ":5: regularizers[1]", "unknown regulariser kind"),
     (GOOD.replace("train: {max_steps: 12, lora_r: 4}", "train: {max_stepz: 12}"), ":9: train.max_stepz",
