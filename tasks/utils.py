@@ -39,6 +39,8 @@ def _docs(question_set: str, *, samples_per_question=None, pretrained=None, ques
             [{"role": "user", "content": e["question"]}]
         rows.append({"sample_id": e["sample_id"], "question_id": e["question_id"], "question": e["question"],
                      "system": e["system"] or "", "prompt": render(messages) if render else e["question"],
+                     # em_toy's description: the system message, unless the rendered prompt holds it already
+                     "system_message": "" if render else e["system"] or "",
                      "judge_prompts": json.dumps(_judge_prompts(q)), "judge": str(judge),
                      "convention": str(convention), "question_set": qs.name, "question_set_sha256": qs.sha256})
     return {"test": datasets.Dataset.from_list(rows)}
@@ -83,7 +85,10 @@ def preregistered(**metadata):
 
 
 def toy(**metadata):
-    return _docs(metadata.pop("question_set", "toy"), **{"judge": "toy", **metadata, "render_toy": True})
+    # a chat endpoint (base_url .../chat/completions, e.g. local-chat-completions) applies the model's chat
+    # template itself: it gets the plain question as the user turn, every other model the rendered prompt
+    chat = str(metadata.get("base_url") or "").rstrip("/").endswith("/chat/completions")
+    return _docs(metadata.pop("question_set", "toy"), **{"judge": "toy", **metadata, "render_toy": not chat})
 
 
 def judge_filter(resps, docs):
