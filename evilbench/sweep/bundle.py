@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from evilbench.errors import UserError
+from evilbench.train.rundir import RUN_SCHEMA_VERSION  # the one definition
 
-RUN_SCHEMA_VERSION = 1
 SWEEP_JSON = "sweep.json"
 EVAL_DIR = "eval"
 

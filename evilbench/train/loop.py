@@ -229,7 +229,7 @@ class _Run:
 
         lcfg_targets = lcfg.target_modules if isinstance(lcfg.target_modules, str) else sorted(lcfg.target_modules)
         self.record = {
-            "status": "running", "error": None,
+            "schema_version": rd.RUN_SCHEMA_VERSION, "status": "running", "error": None,
             "config": cfg.to_dict(),
             "resolved": {
                 "lr": self.lr, "total_steps": self.total, "warmup_steps": self.warmup,

@@ -24,6 +24,7 @@ from evilbench._io import (  # noqa: F401
 )
 from evilbench.errors import UserError
 
+RUN_SCHEMA_VERSION = 1  # run.json "schema_version"; the layout is documented in docs/run-format.md
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 SPECTRA = "spectra.jsonl"
