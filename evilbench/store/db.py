@@ -44,6 +44,10 @@ class StoreError(RuntimeError):
     """A store that cannot be used (newer schema, not a store, a conflicting write, a bad bundle)."""
 
 
+class EmptyStoreError(StoreError):
+    """A store file without any table yet (created, then its writer killed before the schema was in)."""
+
+
 class ConflictError(StoreError):
     """A run_key already in the store with different content."""
 
@@ -183,6 +187,8 @@ class Store:
             return
         if self.readonly:
             if v is None:
+                if not con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise EmptyStoreError(f"{self.path} is an empty store (no schema yet)")
                 raise StoreError(f"{self.path} is not an evilbench store (no schema version)")
             raise StoreError(f"{self.path} has schema version {v}; open it writable once to migrate it to "
                              f"{SCHEMA_VERSION}")

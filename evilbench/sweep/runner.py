@@ -79,11 +79,14 @@ class Runner:
         return self._datasets[name]
 
     def store(self, readonly: bool = False):
-        from evilbench.store.db import Store
+        from evilbench.store.db import EmptyStoreError, Store
 
         if readonly and not self.store_path.is_file():
             return None
-        return Store(self.store_path, readonly=readonly)
+        try:
+            return Store(self.store_path, readonly=readonly)
+        except EmptyStoreError:  # a runner killed while creating it: nothing stored yet
+            return None
 
     def _eval_identity(self, model: dict) -> tuple:
         """(eval config for the key, question-set sha256, judge identity) for a model."""

@@ -17,14 +17,17 @@ import yaml
 from conftest import tiny_spec
 
 from evilbench.store.check import check_store
-from evilbench.store.db import Store
+from evilbench.store.db import EmptyStoreError, Store
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _state(workdir: Path, store_path: Path) -> dict:
-    """run_key -> step saved in run.json, for runs not yet in the store and not finished."""
-    stored = set(Store(store_path, readonly=True).run_keys()) if store_path.is_file() else set()
+    """run_key -> the step of the newest saved training state, for unfinished runs not yet in the store."""
+    try:
+        stored = set(Store(store_path, readonly=True).run_keys()) if store_path.is_file() else set()
+    except EmptyStoreError:
+        stored = set()
     out = {}
     for d in (workdir / "runs").glob("*") if (workdir / "runs").is_dir() else []:
         rj = d / "run.json"
@@ -34,8 +37,16 @@ def _state(workdir: Path, store_path: Path) -> dict:
             rec = json.loads(rj.read_text())
         except json.JSONDecodeError:
             continue
-        if rec.get("status") != "finished" and rec.get("step", 0) > 0:
-            out[d.name] = rec["step"]
+        if rec.get("status") == "finished":
+            continue
+        for state in (d / "resume" / "state.json", d / "resume.prev" / "state.json"):  # the newest saved state
+            try:
+                step = json.loads(state.read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if step > 0:
+                out[d.name] = step
+            break
     return out
 
 
@@ -53,9 +64,25 @@ def test_kill9_at_random_points_then_rerun(tmp_path, small_base):
     rng = random.Random(int(os.environ.get("KILL_SEED", "11")))
     interrupted: dict[str, set] = {}
     kills = 0
+    def stored() -> int:
+        if not store_path.is_file():
+            return 0
+        try:
+            with Store(store_path, readonly=True) as st:
+                return len(st.run_keys())
+        except EmptyStoreError:
+            return 0
+
     while kills < 5:
+        n0 = stored()
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 9.0))
+        # a random point: while some run is training (after its first checkpoint), or just after a store write
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and p.poll() is None:
+            if (kills % 2 == 0 and _state(workdir, store_path)) or (kills % 2 == 1 and stored() > n0):
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0) if kills % 2 == 0 else rng.uniform(0.0, 0.3))
         if p.poll() is not None:
             break  # finished before this kill: nothing left to interrupt
         p.send_signal(signal.SIGKILL)
