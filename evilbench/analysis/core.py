@@ -121,7 +121,41 @@ def run_table(store, opts: Options):
         row.update({f"spectra_{m}": v for m, v in spec_final.get(r["run_key"], {}).items()})
         rows.append(row)
     df = pd.DataFrame(rows)
+    df["role"] = _roles(store, runs, df)
     return df, traj, measures
+
+
+def _roles(store, runs, df) -> list[str]:
+    """"grid", or "lr-candidate" for a tuning rule's calibration run at an lr the rule did not choose
+    (the sweep records its choices in the store's meta: lr_choice/<sweep>/<optimiser>)."""
+    choices = {}
+    for k, v in store.get_meta("lr_choice/").items():
+        _, sweep, opt = k.split("/", 2)
+        choices[(sweep, opt)] = v.get("lr")
+    sweeps = dict(zip(runs["run_key"], runs["sweep"])) if "sweep" in runs.columns else {}
+    out = []
+    for r in df.to_dict("records"):
+        lr = choices.get((sweeps.get(r["run_key"]), r["optimizer"]))
+        cand = r.get("tuning_rule") is not None and lr is not None and r.get("lr") != lr
+        out.append("lr-candidate" if cand else "grid")
+    return out
+
+
+OPT_ORDER = ("sgd", "adam", "adamw", "lion", "muon", "muon-torch")
+
+
+def cell_order(df) -> list[tuple]:
+    """Cells (dataset, optimizer, regularizer): the dataset with the most runs first, optimisers in the
+    usual order (then alphabetically), the plain cell before regularised ones."""
+    size = df.groupby("dataset").size().to_dict()
+    keys = {_cell_key(r) for r in df.to_dict("records")}
+
+    def rank(k):
+        ds, opt, reg = k
+        o = OPT_ORDER.index(opt) if opt in OPT_ORDER else len(OPT_ORDER)
+        return (-size.get(ds, 0), ds, o, opt, reg != "none", str(reg))
+
+    return sorted(keys, key=rank)
 
 
 def _cell_key(r) -> tuple:
@@ -133,14 +167,10 @@ def _values(runs: list[dict], col: str) -> dict:
 
 
 def cells(df, columns: list[str], n_boot: int = 2000) -> list[dict]:
-    """One aggregate per (dataset, optimizer, regularizer), in the order the runs first appear."""
-    out, order = {}, []
+    """One aggregate per (dataset, optimizer, regularizer), in cell_order."""
+    order = cell_order(df)
+    out = {k: [] for k in order}
     recs = sorted(df.to_dict("records"), key=lambda r: (str(r["model"]), r["seed"]))
-    for r in df.to_dict("records"):
-        k = _cell_key(r)
-        if k not in out:
-            out[k] = []
-            order.append(k)
     for r in recs:
         out[_cell_key(r)].append(r)
     res = []

@@ -64,7 +64,9 @@ def render(res: dict) -> str:
     n_models = res["n_models"]
     lines = [(f"Results of {res['store']}: {res['n_runs']} runs ({res['n_finished']} finished) over "
               f"{n_models} model(s). "
-             "Misalignment and coherence in %, mean [95% CI, bootstrap over models, then seeds]."), ""]
+             "Misalignment and coherence in %, mean [95% CI, bootstrap over models, then seeds]."
+             + (f" {res['n_lr_candidates']} lr-rule candidate runs at lrs the rule did not choose are left out."
+                if res.get("n_lr_candidates") else "")), ""]
     if res["base"]:
         b = res["base"]
         parts = [f"{LABELS.get(m, m)} {_fmt(b[m], m)}"
@@ -128,7 +130,7 @@ def render(res: dict) -> str:
 def _em_check(res: dict, optimizer: str = "adam") -> dict | None:
     need = ("final_scores_held_out_misalignment", "final_scores_in_domain_misalignment",
             "final_scores_held_out_coherence")
-    row = next((c for c in res["cells"] if c["optimizer"] == optimizer and c["regularizer"] == "none"
+    row = next((c for c in res["cells"] if c["optimizer"] == optimizer and c["regularizer"] == "none"  # main data first
                 and c["finished"] and all(c.get(k) for k in need)), None)
     base = (res["base"] or {}).get("scores_held_out_misalignment")
     if row is None or base is None:
@@ -144,7 +146,10 @@ def analyze(store, out_dir: str | Path, opts: Options | None = None, plots: bool
     opts = opts or Options()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df, traj, measures = run_table(store, opts)
+    df_all, traj, measures = run_table(store, opts)
+    df = df_all[df_all["role"] == "grid"] if len(df_all) else df_all  # lr-rule candidates are not grid cells
+    if len(traj):
+        traj = traj[traj["run_key"].isin(set(df["run_key"]))]
     primary = opts.primary or ("scores_held_out_misalignment" if "scores_held_out_misalignment" in measures
                                else "misaligned_rate")
     per_run_cols = [c for c in df.columns if c.startswith(("final_", "auc_", "at_fit_", "peak_", "min_", "spectra_"))]
@@ -152,6 +157,7 @@ def analyze(store, out_dir: str | Path, opts: Options | None = None, plots: bool
     matched, targets = matched_loss(df, traj, measures, opts.n_boot)
     n_finished = int((df["status"] == "finished").sum()) if len(df) else 0
     res = {"store": str(store.path), "n_runs": len(df), "n_finished": n_finished,
+           "n_lr_candidates": int((df_all["role"] == "lr-candidate").sum()) if len(df_all) else 0,
            "n_models": df["model"].nunique() if len(df) else 0, "primary": primary, "alignment": opts.alignment,
            "measures": measures,
            "fit_measure": opts.fit_measure or ("scores_in_domain_misalignment" if "scores_in_domain_misalignment"
@@ -165,7 +171,7 @@ def analyze(store, out_dir: str | Path, opts: Options | None = None, plots: bool
     ranks = {json.loads(c).get("lora_r") for (c,) in store._con.execute("SELECT config_json FROM configs")}
     res["lora_r"] = ranks.pop() if len(ranks) == 1 else None
     mtraj = mean_trajectories(df, traj, measures)
-    _csv(out / "runs.csv", df)
+    _csv(out / "runs.csv", df_all)
     _csv(out / "trajectories.csv", traj.drop(columns=[c for c in ("judge",) if c in traj.columns]))
     _csv(out / "mean_trajectories.csv", mtraj)
     _csv(out / "cells.csv", _flatten(cell_rows))

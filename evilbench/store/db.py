@@ -306,6 +306,22 @@ class Store:
                 c.execute(f"DELETE FROM {table} WHERE run_key=?", (run_key,))
             return c.execute("DELETE FROM runs WHERE run_key=?", (run_key,)).rowcount > 0
 
+    def set_meta(self, key: str, value) -> None:
+        """Record a JSON value under `key` (e.g. a sweep's lr choices), replacing an earlier one."""
+        if key in ("schema_version", "created_at") or key.startswith("migrated_to_"):
+            raise StoreError(f"meta key {key!r} is reserved")
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(canonical(value))))
+
+    def get_meta(self, prefix: str = "") -> dict:
+        """{key: JSON value} of the recorded meta keys starting with `prefix` (not the schema's own)."""
+        out = {}
+        for k, v in self._con.execute("SELECT key, value FROM meta WHERE key LIKE ? ORDER BY key", (prefix + "%",)):
+            if k in ("schema_version", "created_at") or k.startswith("migrated_to_"):
+                continue
+            out[k] = json.loads(v)
+        return out
+
     # ------------------------------------------------------------------ reading
     def run_keys(self, status: str | None = None) -> list[str]:
         q, args = "SELECT run_key FROM runs", ()

@@ -278,7 +278,8 @@ class Runner:
 
         have = store.statuses()
         todo = [j for j in jobs if j.run_key not in have]
-        stats["skipped"] += len(jobs) - len(todo)
+        stats.setdefault("_skipped", set()).update(j.run_key for j in jobs if j.run_key in have)
+        stats["skipped"] = len(stats["_skipped"])
         if not todo:
             return
         payloads = []
@@ -335,7 +336,9 @@ class Runner:
                 calib = [j for j in plan.jobs if j.calibration]
                 self._run_jobs(ex, store, calib, "lr rule runs", stats, retry)
                 plan = self.plan()
-                for opt, ch in plan.chosen.items():
+                for opt, ch in plan.chosen.items():  # the analysis tells the grid's runs from candidates
+                    store.set_meta(f"lr_choice/{self.spec.name}/{opt}", {"lr": ch["lr"], "rule": ch["rule"],
+                                                                         "reason": ch["reason"]})
                     self.log(f"lr rule {self.spec.lrs.rule}: {opt:<8} lr {ch['lr']}  ({ch['reason']})")
                 if plan.pending_rule:
                     self.log(f"{len(plan.pending_rule)} grid cell(s) have no lr: the rule could not choose one")
@@ -348,7 +351,8 @@ class Runner:
                    "failed": sorted(k for k in keys if statuses.get(k) not in (None, "finished")),
                    "missing": sorted(k for k in keys if k not in statuses),
                    "waiting_for_lr_rule": len(plan.pending_rule), "lr_choices": plan.chosen,
-                   "this_call": {k: v for k, v in stats.items()}, "timings": dict(self.timings),
+                   "this_call": {k: v for k, v in stats.items() if not k.startswith("_")},
+                   "timings": dict(self.timings),
                    "wall_s": time.perf_counter() - t_start}
         store.close()
         self._write_manifest(summary)
