@@ -7,8 +7,9 @@ legends sit outside the axes so they never cover data; the bases' rate is a labe
   heldout_vs_indomain.png held-out against in-domain misalignment, the in-domain axis on a logit scale
                           so the approach to a fitted task (in-domain -> 1) spreads out instead of piling
                           up at 1: how much broad misalignment each optimiser adds once the task is fitted
-  loss_vs_em.png          the EM measure against the training loss at each checkpoint (loss decreasing
-                          to the right), the first-fit point marked: trajectories through loss-alignment space
+  loss_vs_em.png          the EM measure against the training loss at each checkpoint, as the excess over
+                          the lowest loss reached (log axis, decreasing to the right), the first-fit point
+                          marked: trajectories through loss-alignment space
   spectral_flatness.png   Fro/nuclear ratio of the final adapters per cell, and per run against final EM
   alignment_vs_loss.png   final alignment against log final training loss, with the OLS line
 """
@@ -130,7 +131,9 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
     # 2. held-out vs in-domain on a logit axis
     if has_in and primary != "scores_in_domain_misalignment":
         fig, ax = plt.subplots(figsize=(6.2, 4.4))
-        eps = 1e-3
+        vals = mtraj["scores_in_domain_misalignment"].to_numpy(float)
+        top = float(np.nanmax(vals[vals < 1])) if np.any(vals < 1) else 0.999
+        eps = max(1e-9, (1 - top) / 2)  # keep the last "nines" of the fit apart instead of clipping them together
         for opt in opts:
             for reg in regs:
                 g = mtraj[(mtraj.dataset == main_ds) & (mtraj.optimizer == opt) & (mtraj.regularizer == reg)]
@@ -141,7 +144,7 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
                 ax.plot(x, g[primary], _style(reg), marker="o", ms=3, color=color(opt), label=f"{opt}, {reg}")
         base_line(ax)
         ax.set_xscale("logit")
-        ax.set_xlim(0.02, 0.9995)
+        ax.set_xlim(0.02, 1 - eps / 2)
         ax.set_xlabel("in-domain misalignment (narrow-task fit; logit scale)")
         ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
@@ -150,29 +153,35 @@ def make_plots(df, traj, mtraj, res: dict, out_dir: Path) -> list[Path]:
         ax.set_title("Broad vs narrow misalignment along training (mean path per cell)", fontsize=9)
         save(fig, "heldout_vs_indomain.png")
 
-    # 3. loss vs EM
+    # 3. loss vs EM: the excess over the lowest loss any cell reaches, on a log axis, so that the approach
+    # to the loss floor (where the fits end and EM keeps growing) spreads out instead of piling up
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    ml = mtraj[(mtraj.dataset == main_ds) & (mtraj.step > 0)]["loss"].dropna()
+    floor = float(ml.min()) - 1e-3 if len(ml) else 0.0
     for opt in opts:
         for reg in regs:
             g = mtraj[(mtraj.dataset == main_ds) & (mtraj.optimizer == opt) & (mtraj.regularizer == reg)]
             g = g[(g.step > 0) & g["loss"].notna()].sort_values("step")
             if g.empty:
                 continue
-            ax.plot(g["loss"], g[primary], _style(reg), marker="o", ms=3, color=color(opt), label=f"{opt}, {reg}")
+            ax.plot(g["loss"] - floor, g[primary], _style(reg), marker="o", ms=3, color=color(opt),
+                    label=f"{opt}, {reg}")
             fit = fin[(fin.dataset == main_ds) & (fin.optimizer == opt) & (fin.regularizer == reg)]
             if "fit_step" in fit and fit["fit_step"].notna().any() and reg == "none":
                 s = float(fit["fit_step"].median())
                 row = g.iloc[int(np.argmin(np.abs(g["step"].to_numpy(float) - s)))]
-                ax.plot([row["loss"]], [row[primary]], marker="*", ms=11, color=color(opt), mec="black", mew=0.6,
+                ax.plot([row["loss"] - floor], [row[primary]], marker="*", ms=11, color=color(opt), mec="black",
+                        mew=0.6,
                         ls="none")
     ax.plot([], [], marker="*", ms=10, color="white", mec="black", ls="none", label="first fit (median step)")
     for ds, v in (res.get("matched_loss") or {}).items():
         if ds == main_ds:
-            ax.axvline(v, color="#666666", ls="-.", lw=0.8, label=f"matched loss {v:.3f}")
+            if v - floor > 0:
+                ax.axvline(v - floor, color="#666666", ls="-.", lw=0.8, label=f"matched loss {v:.3f}")
     base_line(ax)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("training loss at the checkpoint (log scale, decreasing →)")
+    ax.set_xlabel(f"training loss − {floor:.3f} (the lowest reached) at the checkpoint; log scale, decreasing →")
     ax.set_ylabel(label)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3, which="both")
