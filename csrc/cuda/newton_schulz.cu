@@ -23,7 +23,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <cstdlib>
 
 namespace evilbench {
 namespace ns_cuda {
@@ -294,7 +293,7 @@ __device__ __forceinline__ WsView ws_view(const NsMat& m, float* ws) {
 }
 
 // ---- 1. Gram --------------------------------------------------------------------------------------
-template <int R, bool PF>
+template <int R>
 __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -327,13 +326,12 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
   const int npairs = split ? kPairs : 1;
   const bool tall = m.flags & kTall;
   TileRegs<R> regs;
-  if (PF) fetch_tile<R>(m, a, a.muon != 0, kbeg, regs);
+  fetch_tile<R>(m, a, a.muon != 0, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    if (!PF) fetch_tile<R>(m, a, a.muon != 0, k0, regs);
     commit_tile<R>(regs, tall, 1.f, split, X3, amax, bad);
     __syncthreads();
-    // PF: the next tile's loads are in flight while the tensor cores work on this one
-    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, a.muon != 0, k0 + C::TK, regs);
+    // the next tile's loads are in flight while the tensor cores work on this one
+    if (k0 + C::TK < kend) fetch_tile<R>(m, a, a.muon != 0, k0 + C::TK, regs);
     for (int ks = kpart; ks < C::KSTEPS; ks += C::KSPLIT) {
 #pragma unroll
       for (int q = 0; q < C::FPW; ++q) {
@@ -510,7 +508,7 @@ __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
 }
 
 // ---- 3. apply: out = M'' (t X) ------------------------------------------------------------------
-template <int R, bool PF>
+template <int R>
 __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -542,12 +540,11 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
   const int pm[kPairs] = {0, 1, 2, 0, 1, 0}, px[kPairs] = {0, 0, 0, 1, 1, 2};
   const int npairs = split ? kPairs : 3;
   TileRegs<R> regs;
-  if (PF) fetch_tile<R>(m, a, false, kbeg, regs);
+  fetch_tile<R>(m, a, false, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    if (!PF) fetch_tile<R>(m, a, false, k0, regs);
     commit_tile<R>(regs, tall, t, split, X3, amax_unused, bad_unused);
     __syncthreads();
-    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, false, k0 + C::TK, regs);
+    if (k0 + C::TK < kend) fetch_tile<R>(m, a, false, k0 + C::TK, regs);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FOPW];
 #pragma unroll
     for (int q = 0; q < C::FOPW; ++q) {
@@ -625,10 +622,10 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #endif
 }
 
-template <int R, bool PF>
+template <int R>
 cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   if (args.n_mats == 0) return cudaSuccess;
-  ns_gram_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_gram_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const size_t small_smem = 5 * (size_t)R * (R + 1) * sizeof(float);
@@ -639,23 +636,17 @@ cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   ns_small_kernel<R><<<(unsigned)args.n_mats, kThreads, small_smem, stream>>>(args);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  ns_apply_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_apply_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-// EVILBENCH_NS_PREFETCH=1|0 picks the register-prefetching tile loop (more registers, loads
-// overlapped with tensor-core work) or the plain one; read per call so benchmarks can compare.
-constexpr bool kDefaultPrefetch = true;
-
 cudaError_t ns_launch(int R, const NsLaunch& args, cudaStream_t stream) {
-  const char* env = std::getenv("EVILBENCH_NS_PREFETCH");
-  const bool pf = env && env[0] ? env[0] == '1' : kDefaultPrefetch;
   switch (R) {
-    case 16: return pf ? launch_bucket<16, true>(args, stream) : launch_bucket<16, false>(args, stream);
-    case 32: return pf ? launch_bucket<32, true>(args, stream) : launch_bucket<32, false>(args, stream);
-    case 64: return pf ? launch_bucket<64, true>(args, stream) : launch_bucket<64, false>(args, stream);
+    case 16: return launch_bucket<16>(args, stream);
+    case 32: return launch_bucket<32>(args, stream);
+    case 64: return launch_bucket<64>(args, stream);
     default: return cudaErrorInvalidValue;
   }
 }
