@@ -140,7 +140,7 @@ def _two_threads(request):
         yield
         return
     prev = torch.get_num_threads()
-    torch.set_num_threads(2)  # the CPU setting
+    torch.set_num_threads(2)  # the 2-core CPU setting of the recorded results
     yield
     torch.set_num_threads(prev)
 
