@@ -4,7 +4,7 @@ torch.linalg.svdvals(B @ A) with autograd.
 
 Run:  python -m pytest bench/bench_spectral.py --benchmark-only --benchmark-json=out.json
       (add -k cpu / -k cuda; EVILBENCH_BENCH_DENSE=0 skips the slow dense baseline)
-      python bench/spectral_table.py out.json      # ratio table
+      python bench/report.py out.json --no-merge   # ratio table (without --no-merge: into bench/results/)
 
 Conventions shared with the other benchmarks: benchmark.group = "spectral/<set>", extra_info:
 impl ("ours" | "cholesky-torch" | "dense-svd"), n_adapters, bytes (the floor: two reads of every A
