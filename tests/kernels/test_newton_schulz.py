@@ -251,6 +251,29 @@ def test_cuda_matches_reference(dtype):
 
 @requires_cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("steps", [1, 4, 5, 6, 8, 10, 12])
+def test_cuda_within_1e4_of_float64_at_every_step_count(steps):
+    """The CPU test's inputs on the GPU: the fast path (tensor cores) where Ĝ is well-conditioned,
+    the in-kernel float64 path elsewhere; ranks > 64 take the ATen float64 Gram form."""
+    mats = [torch.randn(s) for s in ACCURACY_SHAPES] + hard_matrices()
+    outs = newton_schulz([m.cuda() for m in mats], steps=steps)
+    refs = newton_schulz_reference(mats, steps)
+    errs = [(o.cpu().double() - r).abs().max().item() for o, r in zip(outs, refs)]
+    worst = max(range(len(mats)), key=lambda i: errs[i])
+    assert errs[worst] <= 1e-4, f"{steps} steps, {tuple(mats[worst].shape)} (#{worst}): max abs err {errs[worst]:.2e}"
+    # the fused Muon update takes the same paths
+    params = [torch.randn(m.shape) for m in mats]
+    grads = [m.clone() for m in mats]
+    ps, gs, bs = [p.cuda() for p in params], [g.cuda() for g in grads], [torch.zeros_like(g).cuda() for g in grads]
+    ops().muon_update_(ps, gs, bs, 1.0, [1.0] * len(ps), 0.0, 0.0, False, flat_coefficients([KJ_COEFFICIENTS] * steps), 1e-7)
+    refs = newton_schulz_reference(mats, steps, clamp_eps=True)
+    errs = [(p.double() - pc.cpu().double() - r).abs().max().item() for p, pc, r in zip(params, ps, refs)]
+    worst = max(range(len(mats)), key=lambda i: errs[i])
+    assert errs[worst] <= 1e-4 + 1e-6, f"muon {steps} steps, {tuple(mats[worst].shape)}: {errs[worst]:.2e}"
+
+
+@requires_cuda
+@pytest.mark.cuda
 def test_cuda_degenerate_and_errors():
     mats = [torch.zeros(8, 40), torch.randn(12, 50) * 1e-30, torch.randn(70, 5) * 1e30,
             with_spectrum(32, 700, torch.logspace(0, -6, 32)).float(), torch.randn(80, 96)[::2, ::3]]
