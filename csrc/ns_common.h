@@ -8,8 +8,10 @@
 // (64 x 64 Gaussian) or diverges (cond 1e6). A float64 r x r phase does not help, the information
 // is gone once Ĝ is rounded. So the fast fp32 Gram form runs only when λ_min(Ĝ) >= gram_min_eig(),
 // tested with a float64 Cholesky of Ĝ − τ I (r³/6 flops, no eigen-solver); any other matrix takes
-// the Gram form in float64 (G, the r x r phase and out = (sM) X all in float64), which holds every
-// shape and step count to ~1e-8 of the float64 classic iteration.
+// the Gram form in float64 (G, the r x r phase and out = (sM) X all in float64): measured within
+// 1e-7 of the float64 classic iteration on near-square, rank-deficient and cond-1e6 inputs up to
+// 10 steps, 3e-6 at 11 and 1.5e-5 at 12 on the worst test input (near rank one, where the float64
+// Gram form's own squared condition number starts to show).
 #pragma once
 
 #if defined(__CUDACC__)
