@@ -2,6 +2,7 @@
 rank-32 LoRA factors of a real model and print the speed-up table (< 1 min on 2 CPU cores)."""
 from __future__ import annotations
 
+import argparse
 import time
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -83,3 +84,7 @@ def run_demo(args) -> int:
     print(f"\naccuracy of ours vs the float64 iteration ({len(sample)} matrices): max relative error {err:.1e}")
     return 0
 
+
+if __name__ == "__main__":  # pragma: no cover
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
