@@ -1,6 +1,6 @@
 """Accuracy of Newton-Schulz implementations against the float64 iteration.
 
-  python bench/accuracy.py [--device cpu|cuda] [--machine NAME] [--no-merge]
+  python -m bench.accuracy [--device cpu|cuda] [--machine NAME] [--no-merge]   (from the repository root)
 
 Max over matrices of max|out - ref| / max|ref| for fp32 and bf16 inputs, on the Qwen3-0.6B rank-32
 set (Gaussian) and on cond-1e6 matrices; merged into bench/results/<machine>.json under "accuracy".
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evilbench.kernels.lora_sets import lora_matrices  # noqa: E402
-from evilbench.kernels.newton_schulz_op import newton_schulz, newton_schulz_reference  # noqa: E402
-from evilbench.kernels.ns_baselines import BASELINES  # noqa: E402
+from evilbench.kernels.lora_sets import lora_matrices
+from evilbench.kernels.newton_schulz_op import newton_schulz, newton_schulz_reference
+from evilbench.kernels.ns_baselines import BASELINES
 
 
 def ill_conditioned(n: int, rows: int, cols: int, cond: float = 1e6):
@@ -65,7 +61,7 @@ def main(argv=None) -> int:
         set_name, dname, impl = key.rsplit(" ", 2)
         print(f"| {set_name} | {dname} | {impl} | {err:.2e} |")
     if not args.no_merge:
-        import report
+        from bench import report
 
         if args.machine:
             machine = args.machine

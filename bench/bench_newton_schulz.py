@@ -112,16 +112,13 @@ def test_copy_bandwidth(benchmark):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs: GPU only")
-@pytest.mark.parametrize("prefetch", ["1", "0"])
 @pytest.mark.parametrize("model,dtype", SETS)
-def test_newton_schulz_graph(benchmark, model, dtype, prefetch, monkeypatch):
-    """ours captured once in a CUDA graph and replayed: device time without Python/launch overhead.
-    prefetch=0 times the kernels' plain tile loop (EVILBENCH_NS_PREFETCH=0) for comparison."""
-    monkeypatch.setenv("EVILBENCH_NS_PREFETCH", prefetch)
-    from evilbench.kernels.newton_schulz_op import flat_coefficients, normalize_coefficients, ops
+def test_newton_schulz_graph(benchmark, model, dtype):
+    """ours captured once in a CUDA graph and replayed: device time without Python/launch overhead."""
+    from evilbench.kernels.newton_schulz_op import KJ_COEFFICIENTS, flat_coefficients, normalize_coefficients, ops
 
     mats = list(_mats(model, dtype))
-    coef = flat_coefficients(normalize_coefficients(5, (3.4445, -4.7750, 2.0315)))
+    coef = flat_coefficients(normalize_coefficients(5, KJ_COEFFICIENTS))
     op = ops().newton_schulz
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -134,7 +131,7 @@ def test_newton_schulz_graph(benchmark, model, dtype, prefetch, monkeypatch):
         outs, _ = op(mats, coef, 1e-7, False)
     benchmark.group = f"newton_schulz/{model}-r32-{dtype}"
     benchmark.extra_info.update(
-        impl="ours-cuda-graph" + ("" if prefetch == "1" else "-noprefetch"),
+        impl="ours-cuda-graph",
         bytes=3 * sum(m.numel() for m in mats) * mats[0].element_size(),
         n_matrices=len(mats),
         device=_device_name(),

@@ -4,7 +4,7 @@ torch.linalg.svdvals(B @ A) with autograd.
 
 Run:  python -m pytest bench/bench_spectral.py --benchmark-only --benchmark-json=out.json
       (add -k cpu / -k cuda; EVILBENCH_BENCH_DENSE=0 skips the slow dense baseline)
-      python bench/spectral_table.py out.json      # ratio table
+      python bench/report.py out.json --no-merge   # ratio table (without --no-merge: into bench/results/)
 
 Conventions shared with the other benchmarks: benchmark.group = "spectral/<set>", extra_info:
 impl ("ours" | "cholesky-torch" | "dense-svd"), n_adapters, bytes (the floor: two reads of every A
@@ -140,7 +140,7 @@ def _two_threads(request):
         yield
         return
     prev = torch.get_num_threads()
-    torch.set_num_threads(2)  # the CPU setting
+    torch.set_num_threads(2)  # the 2-core CPU setting of the recorded results
     yield
     torch.set_num_threads(prev)
 

@@ -3,7 +3,7 @@ train_step on a Qwen3-0.6B-shaped random model, fp32 on CPU, seq 256 x batch 4, 
 seven projections. Muon (ours) against AdamW; the fro_nuclear regulariser's overhead.
 
 Run:  python -m pytest bench/bench_train_step.py --benchmark-only --benchmark-json OUT.json
-Targets (issue 4): muon <= 1.1x adamw; +fro_nuclear <= 1.05x the same optimiser without it.
+Targets: muon <= 1.1x adamw; +fro_nuclear <= 1.05x the same optimiser without it.
 
 A step takes tens of seconds on 2 cores and the machine may be shared, so load drifts between cases:
 each case therefore times its baseline (adamw, or the same optimiser without the regulariser) in the

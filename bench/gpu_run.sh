@@ -16,5 +16,5 @@ timeout 120 "$PY" -m pytest tests/kernels tests/optim tests/test_build.py -m "no
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 timeout 300 "$PY" -m pytest bench/bench_newton_schulz.py bench/bench_muon.py --benchmark-only --benchmark-json="$OUT/bench.json" -q > "$OUT/bench.log" 2>&1; echo "bench rc=$?"; tail -3 "$OUT/bench.log"
 "$PY" bench/report.py "$OUT/bench.json" --no-merge --markdown "$OUT/table.md" 2>&1 | tee "$OUT/report.log"
-timeout 120 "$PY" bench/accuracy.py --no-merge > "$OUT/accuracy.log" 2>&1; echo "accuracy rc=$?"; cat "$OUT/accuracy.log"
+timeout 120 "$PY" -m bench.accuracy --no-merge > "$OUT/accuracy.log" 2>&1; echo "accuracy rc=$?"; cat "$OUT/accuracy.log"
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -14,8 +14,8 @@ echo "cuda tests rc=$? $(( $(date +%s) - t0 )) s"; grep -E "passed|failed|Error|
 EVILBENCH_BENCH_DENSE=0 timeout 200 python3 -m pytest bench/bench_spectral.py -k cuda --benchmark-only \
   --benchmark-json="$OUT/bench_cuda.json" -q -p no:cacheprovider > "$OUT/bench_cuda.log" 2>&1
 echo "bench rc=$? $(( $(date +%s) - t0 )) s"; grep -E "passed|failed|Error" "$OUT/bench_cuda.log" | tail -8
-python3 bench/spectral_table.py "$OUT/bench_cuda.json" --out "$OUT/bench_cuda.md" 2>&1 | tail -20
-timeout 90 python3 bench/spectral_profile.py --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+python3 bench/report.py "$OUT/bench_cuda.json" --no-merge --markdown "$OUT/bench_cuda.md" 2>&1 | tail -20
+timeout 90 python3 -m bench.spectral_profile --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 echo "profile rc=$? $(( $(date +%s) - t0 )) s"; cat "$OUT/profile.log" | grep -v Warning | tail -40
-timeout 150 python3 bench/spectral_train_overhead.py --out "$OUT/train_overhead.json" > "$OUT/train.log" 2>&1
+timeout 150 python3 -m bench.spectral_train_overhead --out "$OUT/train_overhead.json" > "$OUT/train.log" 2>&1
 echo "train rc=$? $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/train.log"

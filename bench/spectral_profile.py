@@ -1,6 +1,6 @@
 """CUDA kernel times of the fused spectral ops (torch.profiler), per kernel, for the Qwen3 adapter sets.
 
-    python bench/spectral_profile.py [--out bench/results/spectral_profile.json]
+    python -m bench.spectral_profile [--out profile.json]   (from the repository root)
 
 For each set and dtype: summed device time per kernel over --iters calls of forward (need_factors)
 + backward, divided by --iters; the floor (two reads of A and B + one write of the gradients at the
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main():
-    import bench_spectral as bs
+    from bench import bench_spectral as bs
     from evilbench.kernels import _ext
 
     _ext.load()  # registers torch.ops.evilbench.*

@@ -8,20 +8,17 @@ batch × seq tokens of random ids. Times (CUDA events, median of --steps after -
   torch    + the same penalty through the plain-torch path (reference point)
 and the penalty's own forward + backward. Writes JSON (--out) and prints a small table.
 
-    python bench/spectral_train_overhead.py --out bench/results/train_overhead.json
+    python -m bench.spectral_train_overhead --out train_overhead.json   (from the repository root)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def build(args):

@@ -10,7 +10,7 @@
 #include <set>
 
 TORCH_LIBRARY(evilbench, m) {
-  // ---- Newton–Schulz / Muon (issue: core) --------------------------------------------------
+  // ---- Newton–Schulz / Muon ------------------------------------------------------------------
   // coefficients: 3 per step (a0, b0, c0, a1, ...). Returns the outputs and an int32 status per
   // matrix (0 ok, 1 NaN/Inf input) so the op never syncs; evilbench.kernels.newton_schulz raises.
   // clamp_eps: divide by max(||X||, eps) (torch.optim.Muon) instead of ||X|| + eps (KellerJordan).
@@ -21,7 +21,7 @@ TORCH_LIBRARY(evilbench, m) {
   m.def("muon_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] bufs, float lr, float[] lr_ratios, "
         "float weight_decay, float momentum, bool nesterov, float[] coefficients, float eps) -> ()");
 
-  // ---- spectral penalty (issue: spectral core) ----------------------------------------------
+  // ---- spectral penalty ------------------------------------------------------------------------
   // Pairs A_i (r_i × d_in), B_i (d_out × r_i); any mix of float32/bfloat16/float16/float64, contiguous.
   // Packed layouts (float64): per pair r_i² entries of P then of Q (grams), FB then FA (factors).
   m.def("spectral_grams(Tensor[] A, Tensor[] B) -> Tensor");

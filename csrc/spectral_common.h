@@ -13,7 +13,11 @@
 namespace evilbench {
 namespace spectral {
 
-constexpr double kZeroNorm = 1e-12;  // ‖B‖_F or ‖A‖_F ≤ this: value 0, gradients exactly 0
+// ‖B‖_F² or ‖A‖_F² ≤ this: value 0, gradients exactly 0. Only zero (peft's B = 0) and float64 inputs
+// whose Grams underflow (entries of P below ~1e-292 lose precision) qualify: the measures are
+// scale-invariant, so a pair with A scaled by 1e14 and B by 1e-14 keeps its spectrum. Numerically
+// zero products B A are caught relative to the scale, by kZeroProduct.
+constexpr double kMinGram = 1e-290;
 constexpr double kSigmaTol = 1e-6;   // σᵢ ≤ kSigmaTol·σ₁ counts as zero (zero subgradient)
 constexpr double kTieTol = 1e-5;     // stable_rank: σᵢ ≥ (1 − kTieTol)·σ₁ ties with σ₁
 constexpr double kCholTol = 1e-10;   // Cholesky pivot² ≤ kCholTol·max diag(P): eigen route

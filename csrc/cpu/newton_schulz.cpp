@@ -1,8 +1,10 @@
 // CPU implementations of evilbench::newton_schulz and evilbench::muon_update_.
 //
-// Gram form for r = min(rows, cols) <= 256 (DESIGN.md §2): pass 1 packs tiles of X to fp32 (bf16 /
+// Gram form for r = min(rows, cols) <= 256 (maths: evilbench/kernels/newton_schulz_op.py): pass 1 packs tiles of X to fp32 (bf16 /
 // fp16 converted on the fly, nothing materialised) and accumulates G = X Xᵀ with register-blocked
 // FMA micro-kernels; the r x r iteration runs in fp32; pass 2 writes out = (sM) X tile by tile.
+// Matrices whose Ĝ is too ill-conditioned for fp32 (near-square, ill-conditioned or rank-deficient
+// inputs, see ../ns_common.h) are redone after the parallel phase in float64 with ATen.
 // Matrices are spread over threads with at::parallel_for on a longest-processing-time partition,
 // so one call over hundreds of mixed-size LoRA factors keeps every thread busy.
 // The kernels exist twice: AVX2/FMA/F16C (selected at run time when the CPU has them) and portable.
@@ -19,6 +21,9 @@
 #include <numeric>
 #include <string>
 #include <vector>
+
+#include "../ns_common.h"
+#include "../ns_torch.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -270,6 +275,7 @@ static at::Tensor classic(const at::Tensor& x_in, at::ArrayRef<double> coef, dou
 }
 
 constexpr int kGramMaxRank = 256;
+constexpr int kNeedsFloat64 = 3;  // ns_one: Ĝ too ill-conditioned for the fp32 kernels
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> newton_schulz_cpu(at::TensorList mats, at::ArrayRef<double> coefficients,
                                                                    double eps, bool clamp_eps) {
@@ -329,7 +335,16 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> newton_schulz_cpu(at::TensorList
   Params prm{coefficients.data(), steps, eps, clamp_eps, 0.f, 1.f, false};
   std::vector<int> job_status(jobs.size(), 0);
   run_jobs(jobs, prm, job_status.data());
-  for (size_t k = 0; k < jobs.size(); ++k) st[job_index[k]] = job_status[k];
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const int64_t i = job_index[k];
+    if (job_status[k] == kNeedsFloat64) {
+      const bool tall = mats[i].size(0) > mats[i].size(1);
+      at::Tensor y = ns::gram_float64(tall ? keep[i].t() : keep[i], coefficients, eps, clamp_eps).first;
+      outs[i].copy_(tall ? y.t() : y);
+      job_status[k] = 0;
+    }
+    st[i] = job_status[k];
+  }
   return {outs, status};
 }
 
@@ -344,6 +359,7 @@ void muon_update_cpu(at::TensorList params, at::TensorList grads, at::TensorList
                     grads.size(), ", ", bufs.size(), ", ", lr_ratios.size());
   const double decay = 1.0 - lr * weight_decay;
   std::vector<Job> jobs;
+  std::vector<size_t> job_index;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor &p = params[i], &g = grads[i], &b = bufs[i];
     TORCH_CHECK_VALUE(p.dim() == 2, "params[", i, "] must be 2-D, got ", p.sizes());
@@ -385,10 +401,24 @@ void muon_update_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     j.out_ld = C;
     j.cost = job_cost(j.r, d, steps);
     jobs.push_back(j);
+    job_index.push_back(i);
   }
   Params prm{coefficients.data(), steps, eps, true, (float)momentum, (float)decay, nesterov};
   std::vector<int> job_status(jobs.size(), 0);
   run_jobs(jobs, prm, job_status.data());  // NaN/Inf propagate into the parameters, as in torch.optim.Muon
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    if (job_status[k] != kNeedsFloat64) continue;
+    // the kernel has updated the momentum buffer (pass 1); U from the stored values as the kernels
+    // form it: fma(m, b - g, g) rounded once to fp32 (ill-conditioned inputs are sensitive to it)
+    const size_t i = job_index[k];
+    const at::Tensor &p = params[i], g = grads[i].to(at::kFloat), b = bufs[i].to(at::kFloat);
+    at::Tensor u = nesterov ? (g.to(at::kDouble) + (double)(float)momentum * (b - g).to(at::kDouble)).to(at::kFloat) : b;
+    const bool tall = p.size(0) > p.size(1);
+    at::Tensor y = ns::gram_float64(tall ? u.t() : u, coefficients, eps, true).first.to(at::kFloat);
+    at::Tensor pf = p.to(at::kFloat) * (float)decay - jobs[k].lr * (tall ? y.t() : y);
+    at::Tensor pp = p;
+    pp.copy_(pf);
+  }
 }
 
 }  // namespace ns_cpu

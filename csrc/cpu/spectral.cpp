@@ -1,4 +1,4 @@
-// CPU kernels of the fused spectral penalty (DESIGN.md §3, evilbench/kernels/spectral.py):
+// CPU kernels of the fused spectral penalty (maths: evilbench/kernels/spectral.py):
 //   pass 1: Grams P = BᵀB, Q = AAᵀ of every pair (one read of A and B, float32 runs summed in float64)
 //   r × r:  Cholesky / eigen route, eigen-decomposition of K = RᵀQR, penalty value and the gradient
 //           factors FB = NQ, FA = PN (float64)
@@ -449,7 +449,7 @@ void rxr_pair(int kind, int r, const double* P, const double* Q, bool need, doub
     }
   };
   if (!std::isfinite(trP) || !std::isfinite(trQ)) return finish_const(std::nan(""), std::nan(""));
-  if (trP <= kZeroNorm * kZeroNorm || trQ <= kZeroNorm * kZeroNorm) return finish_const(0.0, 0.0);
+  if (trP <= kMinGram || trQ <= kMinGram) return finish_const(0.0, 0.0);
 
   std::vector<double> buf(9 * rr + 6 * r);
   double* N = buf.data();

@@ -1,4 +1,4 @@
-// Gram-form Newton–Schulz on CUDA (DESIGN.md §2), torch-free: raw pointers + cudaStream_t.
+// Gram-form Newton–Schulz on CUDA (maths: evilbench/kernels/newton_schulz_op.py), torch-free: raw pointers + cudaStream_t.
 //
 // Three launches per rank bucket R in {16, 32, 64}, whatever the number of matrices:
 //   1. ns_gram_kernel:  one block per column chunk of every matrix; tiles of X go to shared memory
@@ -11,11 +11,16 @@
 //   2. ns_small_kernel: one block per matrix sums the partials, normalises (s = 1/(||X|| + eps)
 //      from tr G), runs the r x r iteration in fp32 shared memory and writes M'' = s M.
 //      Over/underflowing ||X||² (|x| > ~1e19 or < ~1e-19) is redone at a power-of-two scale.
+//      When Ĝ is too ill-conditioned for fp32 (λ_min(Ĝ) < gram_min_eig(), a float64 Cholesky test;
+//      see ns_common.h) the block instead recomputes G from X in float64, runs the iteration in
+//      float64 and flags the matrix, whose apply then runs in float64 too: the same rule and maths
+//      as the CPU kernels' float64 fallback, without a host sync.
 //   3. ns_apply_kernel: one block per chunk computes out = M'' X on tensor cores (M'' split in
 //      three parts the same way) and writes the output (Muon: p = p*decay - lr*out).
 // The work table lives on the device (NsMat, 64-bit offsets); blocks find their matrix by binary
 // search over chunk_begin. No host synchronisation anywhere: CUDA-graph capturable.
 #include "newton_schulz.cuh"
+#include "../ns_common.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,7 +28,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <cstdlib>
 
 namespace evilbench {
 namespace ns_cuda {
@@ -281,7 +285,8 @@ struct WsView {
   float* part;   // nchunk * R * R
   float* stats;  // nchunk * 2
   float* M;      // R * R
-  float* t;      // 1
+  float* t;      // [0] the power-of-two scale t, [1] 1 when the float64 path ran (padded to 4)
+  double* M64;   // R * R: s M in float64 (float64 path only)
 };
 template <int R>
 __device__ __forceinline__ WsView ws_view(const NsMat& m, float* ws) {
@@ -290,11 +295,12 @@ __device__ __forceinline__ WsView ws_view(const NsMat& m, float* ws) {
   v.stats = v.part + (int64_t)m.nchunk * R * R;
   v.M = v.stats + 2 * (int64_t)m.nchunk;
   v.t = v.M + R * R;
+  v.M64 = reinterpret_cast<double*>(v.t + 4);  // every offset before it is even: 8-byte aligned
   return v;
 }
 
 // ---- 1. Gram --------------------------------------------------------------------------------------
-template <int R, bool PF>
+template <int R>
 __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -327,13 +333,12 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
   const int npairs = split ? kPairs : 1;
   const bool tall = m.flags & kTall;
   TileRegs<R> regs;
-  if (PF) fetch_tile<R>(m, a, a.muon != 0, kbeg, regs);
+  fetch_tile<R>(m, a, a.muon != 0, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    if (!PF) fetch_tile<R>(m, a, a.muon != 0, k0, regs);
     commit_tile<R>(regs, tall, 1.f, split, X3, amax, bad);
     __syncthreads();
-    // PF: the next tile's loads are in flight while the tensor cores work on this one
-    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, a.muon != 0, k0 + C::TK, regs);
+    // the next tile's loads are in flight while the tensor cores work on this one
+    if (k0 + C::TK < kend) fetch_tile<R>(m, a, a.muon != 0, k0 + C::TK, regs);
     for (int ks = kpart; ks < C::KSTEPS; ks += C::KSPLIT) {
 #pragma unroll
       for (int q = 0; q < C::FPW; ++q) {
@@ -380,29 +385,150 @@ __global__ void __launch_bounds__(kThreads) ns_gram_kernel(NsLaunch a) {
 }
 
 // ---- 2. r x r phase -------------------------------------------------------------------------------
-// C = A B (or A Bᵀ) for R x R matrices in shared memory with row stride R + 1.
-template <int R>
-__device__ __forceinline__ void smem_mm(const float* A, const float* B, float* Cm, bool transB) {
+// C = A B (or A Bᵀ) for R x R matrices in shared memory with row stride R + 1 (float or double).
+template <int R, class V>
+__device__ __forceinline__ void smem_mm(const V* A, const V* B, V* Cm, bool transB) {
   constexpr int LD = R + 1;
   for (int e = threadIdx.x; e < R * R; e += kThreads) {
     const int i = e / R, j = e % R;
-    float s = 0.f;
+    V s = 0;
     if (transB) {
 #pragma unroll 8
-      for (int k = 0; k < R; ++k) s = fmaf(A[i * LD + k], B[j * LD + k], s);
+      for (int k = 0; k < R; ++k) s = fma(A[i * LD + k], B[j * LD + k], s);
     } else {
 #pragma unroll 8
-      for (int k = 0; k < R; ++k) s = fmaf(A[i * LD + k], B[k * LD + j], s);
+      for (int k = 0; k < R; ++k) s = fma(A[i * LD + k], B[k * LD + j], s);
     }
     Cm[i * LD + j] = s;
   }
   __syncthreads();
 }
 
+// Dynamic shared memory of ns_small_kernel: 5 fp32 R x (R+1) matrices, or 4 float64 ones on the
+// float64 path (the larger: 133 KB at R = 64, within sm_80's and sm_90's opt-in limits).
+constexpr size_t small_smem_bytes(int R) { return 4 * (size_t)R * (R + 1) * sizeof(double); }
+
+// True when λ_min(G) >= tau · tr G (G fp32, r x r, row stride LD): a float64 Cholesky of
+// G − tau tr(G) I in C (R x LD doubles), right-looking, one column per round. Same test as the CPU's
+// gram_well_conditioned. Every thread returns the same value.
+template <int R>
+__device__ bool gram_well_conditioned(const float* G, double* C, int r, double tau) {
+  constexpr int LD = R + 1;
+  __shared__ double s_shift;
+  __shared__ int s_ok;
+  if (threadIdx.x == 0) {
+    double tr = 0.0;
+    for (int i = 0; i < r; ++i) tr += G[i * LD + i];
+    s_shift = tau * tr;
+    s_ok = 1;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < r * r; e += kThreads) {
+    const int i = e / r, j = e % r;
+    C[i * LD + j] = (double)G[i * LD + j] - (i == j ? s_shift : 0.0);
+  }
+  __syncthreads();
+  for (int j = 0; j < r; ++j) {
+    if (threadIdx.x == 0) {
+      const double d = C[j * LD + j];
+      if (!(d > 0.0)) s_ok = 0;
+      else C[j * LD + j] = sqrt(d);
+    }
+    __syncthreads();
+    if (!s_ok) break;  // uniform: read after the barrier
+    const double dj = C[j * LD + j];
+    for (int i = j + 1 + threadIdx.x; i < r; i += kThreads) C[i * LD + j] /= dj;
+    __syncthreads();
+    const int n = r - j - 1;
+    for (int e = threadIdx.x; e < n * n; e += kThreads) {
+      const int i = j + 1 + e / n, k = j + 1 + e % n;
+      if (k <= i) C[i * LD + k] -= C[i * LD + j] * C[k * LD + j];
+    }
+    __syncthreads();
+  }
+  const bool ok = s_ok != 0;
+  __syncthreads();  // s_ok is read by every thread before the next call may reset it
+  return ok;
+}
+
+// The float64 path of one matrix: G = X Xᵀ from the stored values (Muon: the updated buffer), the
+// r x r iteration and M'' = s M, all in float64, written to w.M64. sm holds 4 R x (R+1) doubles.
+template <int R>
+__device__ void small_float64(const NsMat& m, const NsLaunch& a, const WsView& w, double* sm) {
+  constexpr int LD = R + 1, SQ = R * LD, TKD = 32;  // columns of X per tile (R x TKD fits in 2 SQ)
+  constexpr int PPT = (R * R + kThreads - 1) / kThreads;
+  double *G = sm, *M = G + SQ, *T = M + SQ, *A = T + SQ;
+  double* Xs = T;  // tile of X, R x TKD, in T and A while G accumulates
+  const int r = m.r;
+  __shared__ double s_scale;
+  double acc[PPT];
+#pragma unroll
+  for (int q = 0; q < PPT; ++q) acc[q] = 0.0;
+  for (int64_t k0 = 0; k0 < m.d; k0 += TKD) {
+    for (int e = threadIdx.x; e < R * TKD; e += kThreads) {
+      const int i = e / TKD, kk = e % TKD;
+      const int64_t k = k0 + kk;
+      Xs[e] = (i < r && k < m.d) ? (double)x_at(m, a, i, k) : 0.0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < PPT; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      if (e < R * R) {
+        const int i = e / R, j = e % R;
+        double s = 0.0;
+#pragma unroll 8
+        for (int kk = 0; kk < TKD; ++kk) s = fma(Xs[i * TKD + kk], Xs[j * TKD + kk], s);
+        acc[q] += s;
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int q = 0; q < PPT; ++q) {
+    const int e = threadIdx.x + q * kThreads;
+    if (e < R * R) G[(e / R) * LD + e % R] = acc[q];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double tr = 0.0;
+    for (int i = 0; i < r; ++i) tr += G[i * LD + i];
+    const double norm = sqrt(tr);
+    s_scale = 1.0 / (a.clamp_eps ? fmax(norm, (double)a.eps) : norm + (double)a.eps);
+  }
+  __syncthreads();
+  const double scale = s_scale;
+  for (int e = threadIdx.x; e < SQ; e += kThreads) {
+    G[e] *= scale * scale;
+    M[e] = (e / LD == e % LD && e / LD < r) ? 1.0 : 0.0;
+  }
+  __syncthreads();
+  for (int st = 0; st < a.steps; ++st) {
+    const double ca = a.coef[3 * st], cb = a.coef[3 * st + 1], cc = a.coef[3 * st + 2];
+    if (st == 0) {
+      for (int e = threadIdx.x; e < SQ; e += kThreads) A[e] = G[e];
+      __syncthreads();
+    } else {
+      smem_mm<R>(M, G, T, false);  // T = M Ĝ
+      smem_mm<R>(T, M, A, true);   // A = M Ĝ Mᵀ
+    }
+    smem_mm<R>(A, A, T, false);    // A²
+    for (int e = threadIdx.x; e < SQ; e += kThreads) A[e] = cb * A[e] + cc * T[e];
+    __syncthreads();
+    smem_mm<R>(A, M, T, false);    // B M
+    for (int e = threadIdx.x; e < SQ; e += kThreads) M[e] = ca * M[e] + T[e];
+    __syncthreads();
+  }
+  for (int e = threadIdx.x; e < R * R; e += kThreads) {
+    const int i = e / R, j = e % R;
+    w.M64[e] = (i < r && j < r) ? scale * M[i * LD + j] : 0.0;
+  }
+}
+
 template <int R>
 __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
   constexpr int LD = R + 1, SQ = R * LD;
-  extern __shared__ float sm[];
+  extern __shared__ __align__(16) float sm[];
   float *G = sm, *M = G + SQ, *T = M + SQ, *A = T + SQ, *A2 = A + SQ;
   __shared__ double s_tr;
   __shared__ float s_amax, s_t;
@@ -440,6 +566,7 @@ __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
     for (int e = threadIdx.x; e < R * R; e += kThreads) w.M[e] = fill;
     if (threadIdx.x == 0) {
       w.t[0] = 1.f;
+      w.t[1] = 0.f;
       if (a.status) a.status[m.index] = s_bad ? 1 : 0;
     }
     return;
@@ -482,6 +609,16 @@ __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
     M[e] = (e / LD == e % LD && e / LD < r) ? 1.f : 0.f;
   }
   __syncthreads();
+  if (a.steps > 0 && r > 1 &&
+      !gram_well_conditioned<R>(G, reinterpret_cast<double*>(sm + 2 * SQ), r, ns::gram_min_eig(a.coef, a.steps))) {
+    small_float64<R>(m, a, w, reinterpret_cast<double*>(sm));
+    if (threadIdx.x == 0) {
+      w.t[0] = 1.f;
+      w.t[1] = 1.f;
+      if (a.status) a.status[m.index] = 0;
+    }
+    return;
+  }
   for (int st = 0; st < a.steps; ++st) {
     const float ca = a.coef[3 * st], cb = a.coef[3 * st + 1], cc = a.coef[3 * st + 2];
     if (st == 0) {
@@ -505,12 +642,31 @@ __global__ void __launch_bounds__(kThreads) ns_small_kernel(NsLaunch a) {
   }
   if (threadIdx.x == 0) {
     w.t[0] = s_t;
+    w.t[1] = 0.f;
     if (a.status) a.status[m.index] = 0;
   }
 }
 
+// Apply on the float64 path: out = M'' X for this block's columns [kbeg, kend), float64 sums over
+// the stored values of X, one output element per thread and round.
+__device__ void apply_float64(const NsMat& m, const NsLaunch& a, const WsView& w, int R, int64_t kbeg, int64_t kend) {
+  const bool tall = m.flags & kTall;
+  const float lr = a.lr * m.lr_ratio;
+  const int64_t n = (int64_t)m.r * (kend - kbeg);
+  for (int64_t e = threadIdx.x; e < n; e += kThreads) {
+    const int i = (int)(e / (kend - kbeg));
+    const int64_t k = kbeg + e % (kend - kbeg);
+    double s = 0.0;
+    for (int j = 0; j < m.r; ++j) s = fma(w.M64[i * R + j], (double)x_at(m, a, j, k), s);
+    const int64_t o = tall ? k * m.ld_dst + i : (int64_t)i * m.ld_dst + k;
+    float v = (float)s;
+    if (a.muon) v = ld1(m.dst, m.dtype, o) * a.decay - lr * v;
+    st1(m.dst, m.dtype, o, v);
+  }
+}
+
 // ---- 3. apply: out = M'' (t X) ------------------------------------------------------------------
-template <int R, bool PF>
+template <int R>
 __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #if __CUDA_ARCH__ >= 800
   using C = Cfg<R>;
@@ -526,6 +682,10 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
   const int64_t kbeg = chunk * C::CH;
   const int64_t kend = imin64(m.d, kbeg + C::CH);
   const WsView w = ws_view<R>(m, a.ws);
+  if (w.t[1] != 0.f) {  // the float64 path (uniform over the block)
+    apply_float64(m, a, w, R, kbeg, kend);
+    return;
+  }
   const float t = w.t[0];
   const bool split = a.muon || m.dtype != kBF16;
   const bool tall = m.flags & kTall;
@@ -542,12 +702,11 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
   const int pm[kPairs] = {0, 1, 2, 0, 1, 0}, px[kPairs] = {0, 0, 0, 1, 1, 2};
   const int npairs = split ? kPairs : 3;
   TileRegs<R> regs;
-  if (PF) fetch_tile<R>(m, a, false, kbeg, regs);
+  fetch_tile<R>(m, a, false, kbeg, regs);
   for (int64_t k0 = kbeg; k0 < kend; k0 += C::TK) {
-    if (!PF) fetch_tile<R>(m, a, false, k0, regs);
     commit_tile<R>(regs, tall, t, split, X3, amax_unused, bad_unused);
     __syncthreads();
-    if (PF && k0 + C::TK < kend) fetch_tile<R>(m, a, false, k0 + C::TK, regs);
+    if (k0 + C::TK < kend) fetch_tile<R>(m, a, false, k0 + C::TK, regs);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FOPW];
 #pragma unroll
     for (int q = 0; q < C::FOPW; ++q) {
@@ -625,13 +784,13 @@ __global__ void __launch_bounds__(kThreads) ns_apply_kernel(NsLaunch a) {
 #endif
 }
 
-template <int R, bool PF>
+template <int R>
 cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   if (args.n_mats == 0) return cudaSuccess;
-  ns_gram_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_gram_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const size_t small_smem = 5 * (size_t)R * (R + 1) * sizeof(float);
+  const size_t small_smem = small_smem_bytes(R);
   if (small_smem > 48 * 1024) {
     err = cudaFuncSetAttribute(ns_small_kernel<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)small_smem);
     if (err != cudaSuccess) return err;
@@ -639,23 +798,17 @@ cudaError_t launch_bucket(const NsLaunch& args, cudaStream_t stream) {
   ns_small_kernel<R><<<(unsigned)args.n_mats, kThreads, small_smem, stream>>>(args);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  ns_apply_kernel<R, PF><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
+  ns_apply_kernel<R><<<(unsigned)args.n_chunks, kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-// EVILBENCH_NS_PREFETCH=1|0 picks the register-prefetching tile loop (more registers, loads
-// overlapped with tensor-core work) or the plain one; read per call so benchmarks can compare.
-constexpr bool kDefaultPrefetch = true;
-
 cudaError_t ns_launch(int R, const NsLaunch& args, cudaStream_t stream) {
-  const char* env = std::getenv("EVILBENCH_NS_PREFETCH");
-  const bool pf = env && env[0] ? env[0] == '1' : kDefaultPrefetch;
   switch (R) {
-    case 16: return pf ? launch_bucket<16, true>(args, stream) : launch_bucket<16, false>(args, stream);
-    case 32: return pf ? launch_bucket<32, true>(args, stream) : launch_bucket<32, false>(args, stream);
-    case 64: return pf ? launch_bucket<64, true>(args, stream) : launch_bucket<64, false>(args, stream);
+    case 16: return launch_bucket<16>(args, stream);
+    case 32: return launch_bucket<32>(args, stream);
+    case 64: return launch_bucket<64>(args, stream);
     default: return cudaErrorInvalidValue;
   }
 }

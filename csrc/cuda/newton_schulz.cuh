@@ -52,9 +52,10 @@ struct NsLaunch {
 constexpr int kMaxFastRank = 64;
 inline int bucket_rank(int r) { return r <= 16 ? 16 : (r <= 32 ? 32 : 64); }
 inline int chunk_cols(int R) { return R == 16 ? 2048 : (R == 32 ? 1024 : 512); }
-// workspace floats of one matrix: partial Grams, per-chunk (amax, bad), M'' (R x R), t (padded)
+// workspace floats of one matrix: partial Grams, per-chunk (amax, bad), M'' (R x R), t and the
+// float64-path flag (padded to 4), M'' in float64 (R x R doubles)
 inline int64_t workspace_floats(int R, int64_t nchunk) {
-  return nchunk * (int64_t)R * R + 2 * nchunk + (int64_t)R * R + 4;
+  return nchunk * (int64_t)R * R + 2 * nchunk + (int64_t)R * R + 4 + 2 * (int64_t)R * R;
 }
 
 // Launches the Gram, r x r and apply kernels for one bucket (3 launches) on `stream`.

@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../ns_torch.h"
 #include "newton_schulz.cuh"
 
 namespace evilbench {
@@ -155,22 +156,6 @@ int32_t dtype_code(at::ScalarType t) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Gram form in float64 with ATen (ranks 65..256). x is r x d. Returns (out r x d fp64, bad flag).
-std::pair<at::Tensor, at::Tensor> gram_aten(const at::Tensor& x, at::ArrayRef<double> coef, double eps, bool clamp_eps) {
-  at::Tensor X = x.to(at::kDouble);
-  at::Tensor G = at::mm(X, X.t());
-  at::Tensor norm = G.trace().sqrt();
-  at::Tensor s = clamp_eps ? norm.clamp_min(eps).reciprocal() : (norm + eps).reciprocal();
-  G = G * (s * s);
-  at::Tensor M = at::eye(X.size(0), X.options());
-  for (size_t i = 0; i + 2 < coef.size(); i += 3) {
-    at::Tensor A = i == 0 ? G : at::mm(at::mm(M, G), M.t());
-    at::Tensor B = at::addmm(A, A, A, coef[i + 1], coef[i + 2]);
-    M = at::addmm(M, B, M, coef[i], 1.0);
-  }
-  return {at::mm(M * s, X), at::logical_not(at::isfinite(norm))};
-}
-
 // Classic iteration in fp32 (ranks > 256), norm in float64.
 std::pair<at::Tensor, at::Tensor> classic_aten(const at::Tensor& x, at::ArrayRef<double> coef, double eps, bool clamp_eps) {
   at::Tensor X = x.to(at::kFloat);
@@ -187,7 +172,7 @@ std::pair<at::Tensor, at::Tensor> classic_aten(const at::Tensor& x, at::ArrayRef
 
 std::pair<at::Tensor, at::Tensor> slow_path(const at::Tensor& x, int64_t r, at::ArrayRef<double> coef, double eps,
                                             bool clamp_eps) {
-  return r <= kGramMaxRank ? gram_aten(x, coef, eps, clamp_eps) : classic_aten(x, coef, eps, clamp_eps);
+  return r <= kGramMaxRank ? ns::gram_float64(x, coef, eps, clamp_eps) : classic_aten(x, coef, eps, clamp_eps);
 }
 
 // Matrices grouped by rank bucket, then one table upload and 3 launches per non-empty bucket.

@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(kThreads) rxr_kernel(const PairDesc* __restric
     }
     scal[0] = trP;
     scal[1] = trQ;
-    flags[1] = (!isfinite(trP) || !isfinite(trQ)) ? 1 : ((trP <= kZeroNorm * kZeroNorm || trQ <= kZeroNorm * kZeroNorm) ? 2 : 0);
+    flags[1] = (!isfinite(trP) || !isfinite(trQ)) ? 1 : ((trP <= kMinGram || trQ <= kMinGram) ? 2 : 0);
   }
   __syncthreads();
   double* FB = factors ? factors + pd.fac_off : nullptr;

@@ -2,7 +2,7 @@
 (meta) kernels, autograd registrations and float64 references.
 
 Public API (imported lazily so `import evilbench.kernels` does not load the extension):
-  newton_schulz(mats, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7) -> list[Tensor]
+  newton_schulz(mats, steps=5, coefficients=KJ_COEFFICIENTS, eps=1e-7) -> list[Tensor]
   lora_singular_values(A_list, B_list) -> list[Tensor]
   spectral_penalty(A_list, B_list, kind="fro_nuclear", reduction="mean") -> Tensor
 """

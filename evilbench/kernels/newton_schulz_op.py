@@ -6,6 +6,13 @@ back. Every iterate is X_k = M_k X_0 with M_k r x r (r = min dim), so for r <= G
 computes in Gram form: G = X Xᵀ in one fp32 pass, the r x r iteration in fp32, then out = (s M) X in
 a second pass (two reads and one write of X whatever the step count). Larger r use the classic
 iteration in fp32.
+
+The fp32 Gram form squares the condition number: rounding Ĝ = G / tr G to fp32 moves a singular
+value σ by ~1e-7/σ, and each step amplifies the smallest directions by up to a ≈ 3.4. The kernels
+therefore run it only when λ_min(Ĝ) >= τ(coefficients, steps) (a float64 Cholesky of Ĝ − τI; τ is
+1e-3 from 6 KellerJordan steps on, ~1e-4 at 5, see csrc/ns_common.h); near-square, ill-conditioned
+and rank-deficient inputs take the Gram form in float64 instead (_gram_float64_one is the same
+maths). Every step count and shape then stays within 1e-4 of the float64 reference in fp32.
 """
 from __future__ import annotations
 
@@ -107,6 +114,25 @@ def _gram_torch_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> to
     gram = gram * scale * scale
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     mm = eye
+    for a, b, c in triples:
+        t = mm @ gram @ mm.T
+        mm = a * mm + (b * t + c * t @ t) @ mm
+    out = (mm * scale) @ x
+    return (out.T if tall else out).to(m.dtype)
+
+
+def _gram_float64_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> torch.Tensor:
+    """The Gram form in float64 for one matrix (the kernels' path for ill-conditioned Ĝ), returned in
+    m's dtype."""
+    x = m.double()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    gram = x @ x.T
+    norm = gram.diagonal().sum().sqrt()
+    scale = 1.0 / (norm.clamp(min=eps) if clamp_eps else norm + eps)
+    gram = gram * scale * scale
+    mm = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     for a, b, c in triples:
         t = mm @ gram @ mm.T
         mm = a * mm + (b * t + c * t @ t) @ mm

@@ -1,6 +1,6 @@
 """LoRA spectra without forming B@A, and the spectral-penalty loss with its gradient.
 
-Maths (DESIGN.md §3). For a pair A (r × n), B (m × r), W = B A:
+Maths. For a pair A (r × n), B (m × r), W = B A:
   P = BᵀB, Q = AAᵀ                     r × r Grams: one pass over A and B
   P = R Rᵀ                             Cholesky; eigen route R = E Λ^½ when B is (nearly) rank deficient
   K = Rᵀ Q R = V diag(σ²) Vᵀ           the r singular values of W (zeros when rank(W) < r)
@@ -11,8 +11,10 @@ N = c₁ I + c₃ Q P (∂f/∂W = c₁ W + c₃ W Wᵀ W).
 
 Conventions shared by every implementation (fused C++/CUDA ops, the plain-torch path, the float64
 reference):
-  * pairs with ‖B‖_F ≤ 1e-12 or ‖A‖_F ≤ 1e-12 (peft initialises B = 0) have value 0 and exactly zero
-    gradients;
+  * pairs with B = 0 or A = 0 (peft initialises B = 0; also float64 factors with ‖·‖_F² ≤ 1e-290,
+    whose Grams underflow) have value 0 and exactly zero gradients, and so do pairs whose product is
+    numerically zero relative to the scale (σ₁ ≤ 1e-10 ‖A‖_F ‖B‖_F); tiny but non-zero factors keep
+    their spectrum (every measure is scale-invariant);
   * singular values σᵢ ≤ 1e-6 σ₁ count as zero, in the value and in the gradient (the zero
     subgradient: their gᵢ/σᵢ terms are dropped);
   * r = 1 gives 0 for every kind (a single singular value is a flat spectrum);
@@ -38,7 +40,10 @@ import torch
 
 KINDS = ("fro_nuclear", "entropy", "stable_rank", "participation")
 REDUCTIONS = ("mean", "sum")
-ZERO_NORM = 1e-12  # ‖B‖_F or ‖A‖_F at or below this: the pair contributes exactly 0
+# ‖B‖_F² or ‖A‖_F² at or below this: the pair contributes exactly 0. Only zero factors (peft's B = 0)
+# and float64 factors whose Grams underflow qualify; the measures are scale-invariant, so tiny but
+# non-zero factors keep their spectrum (numerically zero products are caught by ZERO_PRODUCT).
+MIN_GRAM = 1e-290
 SIGMA_TOL = 1e-6  # σᵢ ≤ SIGMA_TOL·σ₁ counts as a zero singular value
 TIE_TOL = 1e-5  # stable_rank: σᵢ ≥ (1 − TIE_TOL)·σ₁ ties with σ₁
 CHOL_TOL = 1e-10  # Cholesky pivot² below CHOL_TOL·max diag(P): use the eigen route instead
@@ -170,7 +175,7 @@ def _rxr_phase(P: torch.Tensor, Q: torch.Tensor, kind: str | None, need_factors:
     trP = P.diagonal(dim1=-2, dim2=-1).sum(-1)
     trQ = Q.diagonal(dim1=-2, dim2=-1).sum(-1)
     bad = ~(torch.isfinite(trP) & torch.isfinite(trQ))
-    zero = (~bad) & ((trP <= ZERO_NORM**2) | (trQ <= ZERO_NORM**2))
+    zero = (~bad) & ((trP <= MIN_GRAM) | (trQ <= MIN_GRAM))
     skip = (bad | zero)[:, None, None]
     P = torch.where(skip, eye, P)
     Q = torch.where(skip, eye, Q)
@@ -481,7 +486,7 @@ def spectral_penalty(
     kind: "fro_nuclear" (‖BA‖_F/‖BA‖_* − 1/√r, the paper's), "entropy" (1 − H(p)/ln r, p = σ/Σσ),
     "stable_rank" (1 − (Σσ²/σ₁²)/r), "participation" (1 − (Σσ²)²/(r Σσ⁴)); each is 0 for a flat
     spectrum. reduction: "mean" over all pairs passed, or "sum". Pairs may mix shapes, ranks and
-    dtypes (float32, bfloat16, float16, float64). Pairs with ‖B‖_F or ‖A‖_F ≤ 1e-12 contribute 0 with
+    dtypes (float32, bfloat16, float16, float64). Zero pairs (B = 0 or A = 0) contribute 0 with
     zero gradients. check_finite=True raises ValueError naming the first pair with NaN/Inf input (on
     CUDA this reads one small tensor back to the host; pass False inside CUDA graphs).
     """
@@ -512,7 +517,7 @@ def lora_singular_values(
 ) -> list[torch.Tensor]:
     """The r singular values of each B @ A (descending, float32, on the inputs' device), computed from
     the r × r Grams without forming B @ A. Not differentiable (use spectral_penalty for gradients).
-    Pairs with ‖B‖_F or ‖A‖_F ≤ 1e-12 give zeros; NaN/Inf input raises ValueError naming the pair."""
+    Zero pairs (B = 0 or A = 0) give zeros; NaN/Inf input raises ValueError naming the pair."""
     A_list, B_list, device = _as_pairs(A_list, B_list, "lora_singular_values")
     if not A_list:
         return []
@@ -549,7 +554,7 @@ def reference_penalty(A: torch.Tensor, B: torch.Tensor, kind: str) -> torch.Tens
     (zero pairs, SIGMA_TOL, r = 1, stable_rank ties) explicitly so gradients can be compared."""
     _check_kind(kind)
     r = A.shape[0]
-    if float(B.detach().double().norm()) <= ZERO_NORM or float(A.detach().double().norm()) <= ZERO_NORM:
+    if float(B.detach().double().square().sum()) <= MIN_GRAM or float(A.detach().double().square().sum()) <= MIN_GRAM:
         return (A.sum() + B.sum()).double() * 0.0
     W = B.double() @ A.double()
     s_all = torch.linalg.svdvals(W)

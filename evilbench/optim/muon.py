@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from evilbench.kernels.newton_schulz_op import _gram_torch_one, flat_coefficients, normalize_coefficients, ops
+from evilbench.kernels.newton_schulz_op import _gram_float64_one, flat_coefficients, normalize_coefficients, ops
 
 
 def adjust_lr_ratio(adjust_lr_fn: str | None, shape) -> float:
@@ -64,10 +64,10 @@ class Muon(torch.optim.Muon):
         for i, (p, g, buf) in enumerate(zip(params, grads, bufs)):
             if _fusable(p, g, buf):
                 fused.setdefault(p.device, []).append(i)
-            else:  # odd layouts / mixed dtypes: same maths with plain torch ops
+            else:  # odd layouts / mixed dtypes: plain torch ops, the Gram form in float64
                 buf.lerp_(g, 1 - momentum)
                 update = g.lerp(buf, momentum) if nesterov else buf
-                ortho = _gram_torch_one(update, triples, eps, True)
+                ortho = _gram_float64_one(update, triples, eps, True)
                 p.mul_(1 - lr * wd)
                 p.add_(ortho, alpha=-lr * adjust_lr_ratio(fn, p.shape))
         if fused:

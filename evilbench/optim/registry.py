@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-KJ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # KellerJordan's quintic, torch.optim.Muon's default
+from evilbench.kernels.newton_schulz_op import KJ_COEFFICIENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ _MUON_RATIONALE = {
     "weight_decay": "decoupled and multiplied by lr as in AdamW; same 0.01 as the AdamW default so the two compare",
     "momentum": "torch.optim.Muon / KellerJordan default (EMA form: buf.lerp_(grad, 1 - momentum))",
     "nesterov": "torch.optim.Muon default; Nesterov look-ahead is what Muon was tuned with",
-    "ns_coefficients": "KellerJordan's quintic (3.4445, -4.7750, 2.0315): maximal slope at zero, 5 steps suffice",
+    "ns_coefficients": f"KellerJordan's quintic {KJ_COEFFICIENTS}: maximal slope at zero, 5 steps suffice",
     "eps": "torch.optim.Muon default normalisation floor",
     "ns_steps": "torch.optim.Muon default",
     "adjust_lr_fn": "None = 'original' sqrt(max(1, rows/cols)), torch's default, so results compare with the literature",

@@ -14,15 +14,15 @@ def spectra_table(model, adapter_name: str | None = None, *, include_zero: bool 
                   impl: str = "auto") -> list[dict]:
     """One dict per LoRA pair: module, adapter, r, d_in, d_out, scaling, zero, sigma_max, fro_norm
     (‖BA‖_F, without peft's scaling: multiply by `scaling` for ‖ΔW‖_F) and the measures of
-    evilbench.spectral.measures. Adapters with ‖B‖_F < 1e-12 or ‖A‖_F < 1e-12 (peft's B = 0 init)
-    have zero=True and None for every measure (include_zero=False drops them)."""
-    from evilbench.kernels.spectral import ZERO_NORM, lora_singular_values
+    evilbench.spectral.measures. Adapters with B = 0 or A = 0 (peft's B = 0 init; the cutoff is
+    evilbench.kernels.spectral.MIN_GRAM, scale-free) have zero=True and None for every measure (include_zero=False drops them)."""
+    from evilbench.kernels.spectral import MIN_GRAM, lora_singular_values
 
     pairs = lora_pairs(model, adapter_name)
     sigmas = lora_singular_values([p.A for p in pairs], [p.B for p in pairs], impl=impl)
     rows = []
     for pair, sigma in zip(pairs, sigmas):
-        zero = float(pair.B.detach().double().norm()) < ZERO_NORM or float(pair.A.detach().double().norm()) < ZERO_NORM
+        zero = any(float(f.detach().double().square().sum()) <= MIN_GRAM for f in (pair.A, pair.B))
         row = {
             "module": pair.module,
             "adapter": pair.adapter,
