@@ -175,9 +175,10 @@ class LocalExecutor:
                 p, conn = self.procs[wid]
                 by_obj[conn] = wid
                 by_obj[p.sentinel] = wid
+            finished = []
             for obj in wait(list(by_obj)):
                 wid = by_obj[obj]
-                if wid not in busy:
+                if wid not in busy or any(w == wid for w, _ in finished):
                     continue
                 p, conn = self.procs[wid]
                 out = None
@@ -193,7 +194,19 @@ class LocalExecutor:
                     self.procs.pop(wid)
                 elif out is None:
                     continue
-                yield busy.pop(wid), out
+                finished.append((wid, out))
+            done = [(busy.pop(wid), out) for wid, out in finished]
+            # hand the freed workers their next jobs before the caller writes these results, so that
+            # the store writes overlap with the workers' compute instead of idling them
+            for wid in list(self.procs):
+                if wid not in busy and todo:
+                    i = todo.pop(0)
+                    try:
+                        self.procs[wid][1].send((fn_path, payloads[i]))
+                        busy[wid] = i
+                    except (OSError, BrokenPipeError):
+                        todo.insert(0, i)
+            yield from done
 
 
 def _ray_entry(fn_path: str, payload: dict, threads: int):
