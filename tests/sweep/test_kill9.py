@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_spec
+from sweep_helpers import tiny_spec
 
 from evilbench.store.check import check_store
 from evilbench.store.db import EmptyStoreError, Store

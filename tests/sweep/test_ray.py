@@ -4,7 +4,7 @@ aside)."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_spec
+from sweep_helpers import tiny_spec
 
 from evilbench.store.db import Store
 from evilbench.sweep.runner import Runner

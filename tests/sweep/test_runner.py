@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import tiny_spec
+from sweep_helpers import tiny_spec
 
 from evilbench.store.check import check_store
 from evilbench.store.db import Store
