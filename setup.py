@@ -9,9 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
-
 import torch
+from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 

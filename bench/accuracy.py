@@ -23,7 +23,8 @@ def ill_conditioned(n: int, rows: int, cols: int, cond: float = 1e6):
         k = min(rows, cols)
         u, _ = torch.linalg.qr(torch.randn(rows, k, dtype=torch.float64))
         v, _ = torch.linalg.qr(torch.randn(cols, k, dtype=torch.float64))
-        out.append(((u * torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), k, dtype=torch.float64)) @ v.T).float())
+        spectrum = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), k, dtype=torch.float64)
+        out.append(((u * spectrum) @ v.T).float())
     return out
 
 

@@ -46,7 +46,7 @@ def _device_name() -> str:
     return f"cpu ({THREADS} threads)"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mats(model: str, dtype: str):
     return tuple(lora_matrices(model, 32, DTYPES[dtype], device=DEVICE, seed=0))
 

@@ -95,7 +95,7 @@ def _step(fn, As, Bs, device):
     return loss
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name):
     """float64 dense-SVD autograd value and gradients for the accuracy subset of a set: one layer
     (Qwen3-8B: its k and v adapters only, to keep float64 SVDs of 12288-wide matrices out)."""

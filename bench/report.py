@@ -35,7 +35,8 @@ def machine_name(run: dict) -> str:
     gpu = next((d for d in devices if d and not d.startswith("cpu")), None)
     if gpu:
         return "-".join(slug(gpu).split("-")[:2])  # "NVIDIA H100 80GB HBM3" -> "nvidia-h100"
-    threads = next((b["extra_info"].get("threads") for b in run.get("benchmarks", []) if "threads" in b.get("extra_info", {})), None)
+    threads = next((b["extra_info"].get("threads") for b in run.get("benchmarks", [])
+                    if "threads" in b.get("extra_info", {})), None)
     cpu = run.get("machine_info", {}).get("cpu", {})
     brand = cpu.get("brand_raw") or cpu.get("brand") or run.get("machine_info", {}).get("processor") or "unknown"
     return f"cpu-{threads or 'n'}t-{slug(brand)}"
@@ -123,7 +124,8 @@ def tables(groups: dict, bandwidth: float | None) -> list[str]:
             lines.append(row)
         if bandwidth and nbytes and ours:
             floor = nbytes / bandwidth
-            mine = ", ".join(f"{k} = {v['median_s'] / floor:.2f}x" for k, v in sorted(impls.items()) if k.startswith("ours"))
+            mine = ", ".join(f"{k} = {v['median_s'] / floor:.2f}x"
+                             for k, v in sorted(impls.items()) if k.startswith("ours"))
             lines.append(
                 f"\nHBM floor (2 reads + 1 write, {nbytes / 1e6:.0f} MB at {bandwidth / 1e9:.0f} GB/s): "
                 f"{fmt_time(floor)}; {mine} the floor"
@@ -139,7 +141,8 @@ def load_results(machine: str) -> dict:
     return {"machine": machine, "groups": {}, "runs": []}
 
 
-def merge(machine: str, groups: dict, bandwidth: float | None, extra: dict | None = None, record: dict | None = None) -> Path:
+def merge(machine: str, groups: dict, bandwidth: float | None, extra: dict | None = None,
+          record: dict | None = None) -> Path:
     """Fold one run (its newest-numbers view, its full record, extra keys) into the machine's
     results file and regenerate the machine's markdown table."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,8 @@ def render(data: dict) -> str:
             for b in r.get("benchmarks", []):
                 info = b.get("extra_info", {})
                 med = info.get("scaled_to_set_s", b["stats"]["median"])
-                lines.append(f"| {b.get('group')} | {info.get('impl', b.get('name'))} | {fmt_time(med)} | {b['stats']['rounds']} |")
+                lines.append(f"| {b.get('group')} | {info.get('impl', b.get('name'))} | {fmt_time(med)} "
+                             f"| {b['stats']['rounds']} |")
             lines.append("")
     other = data.get("other", {})
     if other:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 
-
 def main():
     from bench import bench_spectral as bs
     from evilbench.kernels import _ext
@@ -49,7 +48,7 @@ def main():
             gv = torch.ones(len(A), dtype=torch.float64, device="cuda")
             floor = bs.floor_bytes(A, B) / bw
 
-            def fwd_bwd():
+            def fwd_bwd(A=A, B=B, gv=gv):
                 _, f = ops.spectral_forward(A, B, "fro_nuclear", True)
                 ops.spectral_backward(A, B, f, gv)
 
@@ -62,7 +61,8 @@ def main():
             per = defaultdict(float)
             for ev in prof.events():
                 if ev.device_type == torch.autograd.DeviceType.CUDA:
-                    per[ev.name] += ev.device_time_total / 1e6 / args.iters if hasattr(ev, "device_time_total") else ev.cuda_time_total / 1e6 / args.iters
+                    total = ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+                    per[ev.name] += total / 1e6 / args.iters
             kernels = {k: v for k, v in per.items() if v > 0}
             ktotal = sum(kernels.values())
             # host + device time of the public path (loss + backward, with the finiteness check)
@@ -82,7 +82,7 @@ def main():
                   f"public loss+backward {1e3 * step:.3f} ms")
             for k, v in sorted(kernels.items(), key=lambda kv: -kv[1]):
                 print(f"    {1e3 * v:8.3f} ms  {k[:90]}")
-            del As, Bs, A, B
+            del As, Bs, A, B, gv, fwd_bwd
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

@@ -20,7 +20,6 @@ import time
 import torch
 
 
-
 def build(args):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3Config, Qwen3ForCausalLM
