@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load():
     """Import evilbench._C once; raise a clear error when the package was not built."""
     import torch  # noqa: F401  (loads libc10/libtorch that _C links against)

@@ -48,7 +48,7 @@ def normalize_coefficients(steps: int, coefficients) -> list[tuple[float, float,
             raise ValueError(
                 f"coefficients as a per-step list must hold {steps} (a, b, c) triples (one per step), "
                 f"got {len(triples)} entries: {coefficients!r}"
-            )
+            ) from None
     if not all(math.isfinite(v) for t in triples for v in t):
         raise ValueError(f"coefficients must be finite, got {coefficients!r}")
     return triples
@@ -153,7 +153,7 @@ def newton_schulz_gram_torch(
     return [_gram_torch_one(m, triples, eps, clamp_eps) for m in mats]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ops():
     """Load evilbench._C and register the fake (meta) kernels of its Newton-Schulz ops; returns
     torch.ops.evilbench."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -95,7 +95,8 @@ def _as_pairs(A_list: Sequence[torch.Tensor], B_list: Sequence[torch.Tensor], wh
             raise ValueError(f"{who}: pair {i}: empty matrix, A {tuple(A.shape)}, B {tuple(B.shape)}")
         for name, T in (("A", A), ("B", B)):
             if T.dtype not in _DTYPES:
-                raise TypeError(f"{who}: pair {i}: {name} has dtype {T.dtype}; expected float32/64, bfloat16 or float16")
+                raise TypeError(f"{who}: pair {i}: {name} has dtype {T.dtype}; "
+                                "expected float32/64, bfloat16 or float16")
             if device is None:
                 device = T.device
             elif T.device != device:
@@ -291,7 +292,7 @@ def torch_singular_values(A_list, B_list) -> torch.Tensor:
     starts = [0]
     for A in A_list:
         starts.append(starts[-1] + A.shape[0])
-    for r, idx in _groups_by_rank(A_list).items():
+    for idx in _groups_by_rank(A_list).values():
         grams = [_torch_grams(A_list[i], B_list[i]) for i in idx]
         P = torch.stack([g[0] for g in grams])
         Q = torch.stack([g[1] for g in grams])
@@ -343,7 +344,8 @@ class _FusedPenalty(torch.autograd.Function):
         n = ctx.n
         from evilbench.kernels import _ext
 
-        gA, gB = _ext.load()._spectral_backward_grouped(list(mats[:n]), list(mats[n:]), factors, grad_values.contiguous())
+        gA, gB = _ext.load()._spectral_backward_grouped(list(mats[:n]), list(mats[n:]), factors,
+                                                        grad_values.contiguous())
         return (None, None, *gA, *gB)
 
 

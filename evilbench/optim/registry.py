@@ -72,14 +72,16 @@ _MUON_DEFAULTS = {
     "adjust_lr_fn": None,
 }
 _MUON_RATIONALE = {
-    "lr": "orthogonalised updates have per-element RMS ~1/sqrt(d) (~0.03 at d=1024): 2e-4 gives steps near AdamW's at 1e-5",
+    "lr": ("orthogonalised updates have per-element RMS ~1/sqrt(d) (~0.03 at d=1024): "
+           "2e-4 gives steps near AdamW's at 1e-5"),
     "weight_decay": "decoupled and multiplied by lr as in AdamW; same 0.01 as the AdamW default so the two compare",
     "momentum": "torch.optim.Muon / KellerJordan default (EMA form: buf.lerp_(grad, 1 - momentum))",
     "nesterov": "torch.optim.Muon default; Nesterov look-ahead is what Muon was tuned with",
     "ns_coefficients": f"KellerJordan's quintic {KJ_COEFFICIENTS}: maximal slope at zero, 5 steps suffice",
     "eps": "torch.optim.Muon default normalisation floor",
     "ns_steps": "torch.optim.Muon default",
-    "adjust_lr_fn": "None = 'original' sqrt(max(1, rows/cols)), torch's default, so results compare with the literature",
+    "adjust_lr_fn": ("None = 'original' sqrt(max(1, rows/cols)), torch's default, "
+                     "so results compare with the literature"),
 }
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -91,7 +93,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             _sgd,
             {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
             {
-                "lr": "LoRA gradient elements are ~1e-3: with momentum's 10x gain, 1e-3 gives steps near AdamW's at 1e-5",
+                "lr": ("LoRA gradient elements are ~1e-3: with momentum's 10x gain, "
+                       "1e-3 gives steps near AdamW's at 1e-5"),
                 "momentum": "standard heavy-ball value; plain SGD barely moves LoRA's B from its zero init",
                 "weight_decay": "off: the paper's SGD baseline is unregularised; the regulariser axis is separate",
                 "nesterov": "off: classic SGD as in the optimiser comparison",

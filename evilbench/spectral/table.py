@@ -15,7 +15,8 @@ def spectra_table(model, adapter_name: str | None = None, *, include_zero: bool 
     """One dict per LoRA pair: module, adapter, r, d_in, d_out, scaling, zero, sigma_max, fro_norm
     (‖BA‖_F, without peft's scaling: multiply by `scaling` for ‖ΔW‖_F) and the measures of
     evilbench.spectral.measures. Adapters with B = 0 or A = 0 (peft's B = 0 init; the cutoff is
-    evilbench.kernels.spectral.MIN_GRAM, scale-free) have zero=True and None for every measure (include_zero=False drops them)."""
+    evilbench.kernels.spectral.MIN_GRAM, scale-free) have zero=True and None for every measure
+    (include_zero=False drops them)."""
     from evilbench.kernels.spectral import MIN_GRAM, lora_singular_values
 
     pairs = lora_pairs(model, adapter_name)
