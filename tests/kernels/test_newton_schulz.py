@@ -50,7 +50,8 @@ def test_matches_float64_reference_on_mixed_shapes(dtype):
 
 def test_mixed_dtypes_and_scales_in_one_call():
     dtypes = [torch.float32, torch.bfloat16, torch.float16]
-    mats = [(torch.randn(s) * 10 ** float(torch.empty(1).uniform_(-3, 3))).to(dtypes[i % 3]) for i, s in enumerate(SHAPES)]
+    mats = [(torch.randn(s) * 10 ** float(torch.empty(1).uniform_(-3, 3))).to(dtypes[i % 3])
+            for i, s in enumerate(SHAPES)]
     check(mats, newton_schulz(mats))
 
 
@@ -265,7 +266,8 @@ def test_cuda_within_1e4_of_float64_at_every_step_count(steps):
     params = [torch.randn(m.shape) for m in mats]
     grads = [m.clone() for m in mats]
     ps, gs, bs = [p.cuda() for p in params], [g.cuda() for g in grads], [torch.zeros_like(g).cuda() for g in grads]
-    ops().muon_update_(ps, gs, bs, 1.0, [1.0] * len(ps), 0.0, 0.0, False, flat_coefficients([KJ_COEFFICIENTS] * steps), 1e-7)
+    ops().muon_update_(ps, gs, bs, 1.0, [1.0] * len(ps), 0.0, 0.0, False,
+                       flat_coefficients([KJ_COEFFICIENTS] * steps), 1e-7)
     refs = newton_schulz_reference(mats, steps, clamp_eps=True)
     errs = [(p.double() - pc.cpu().double() - r).abs().max().item() for p, pc, r in zip(params, ps, refs)]
     worst = max(range(len(mats)), key=lambda i: errs[i])

@@ -21,7 +21,8 @@ def _fused_ok():
         return False
 
 
-IMPLS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not _fused_ok(), reason="evilbench._C spectral ops not built"))]
+IMPLS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not _fused_ok(),
+                                                                 reason="evilbench._C spectral ops not built"))]
 
 
 @pytest.fixture
@@ -189,7 +190,8 @@ def test_flat_spectrum_gives_zero(kind, impl, gen):
     assert abs(float(out)) < 1e-5, (float(out), f"seed {gen.initial_seed()}")
     for A, B, ga, gb in zip(A_list, B_list, gA, gB):
         # gradients vanish up to float32 input rounding (compare with the 1/‖·‖ scale of a unit gradient)
-        assert float(ga.norm()) * float(A.norm()) < 1e-4 and float(gb.norm()) * float(B.norm()) < 1e-4, f"seed {gen.initial_seed()}"
+        assert float(ga.norm()) * float(A.norm()) < 1e-4 and float(gb.norm()) * float(B.norm()) < 1e-4, \
+            f"seed {gen.initial_seed()}"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -214,8 +216,9 @@ def test_rank_deficient_adapters_have_finite_matching_gradients(kind, impl, gen)
     assert abs(float(out.detach()) - float(ref_v.sum())) < 1e-5, (float(out), ref_v, f"seed {gen.initial_seed()}")
     for i in range(len(A_list)):
         assert bool(torch.isfinite(gA[i]).all() and torch.isfinite(gB[i]).all())
-        assert _rel(gA[i], ref_gA[i]) < 1e-4 or float(ref_gA[i].norm()) < 1e-9, (i, _rel(gA[i], ref_gA[i]), f"seed {gen.initial_seed()}")
-        assert _rel(gB[i], ref_gB[i]) < 1e-4 or float(ref_gB[i].norm()) < 1e-9, (i, _rel(gB[i], ref_gB[i]), f"seed {gen.initial_seed()}")
+        seed = f"seed {gen.initial_seed()}"
+        assert _rel(gA[i], ref_gA[i]) < 1e-4 or float(ref_gA[i].norm()) < 1e-9, (i, _rel(gA[i], ref_gA[i]), seed)
+        assert _rel(gB[i], ref_gB[i]) < 1e-4 or float(ref_gB[i].norm()) < 1e-9, (i, _rel(gB[i], ref_gB[i]), seed)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -308,7 +311,7 @@ def test_gradcheck_registered_op_autograd(gen):
     mats += [_randn(gen, m, r, dtype=torch.float64).requires_grad_() for r, n, m in shapes]
     w = _randn(gen, len(shapes), dtype=torch.float64)
     for kind in KINDS:
-        def f(*t):
+        def f(*t, kind=kind):
             return (torch.ops.evilbench.spectral_forward(list(t[:2]), list(t[2:]), kind, True)[0] * w).sum()
 
         assert torch.autograd.gradcheck(f, mats, eps=1e-6, atol=1e-6, rtol=1e-4), f"{kind} seed {gen.initial_seed()}"
@@ -338,15 +341,18 @@ def test_fused_grams_and_factors_match_torch_path(gen):
     for i, (A, B) in enumerate(zip(A_list, B_list)):
         r = A.shape[0]
         P, Q = S._torch_grams(A, B)
-        torch.testing.assert_close(grams[offs[i] : offs[i] + r * r].view(r, r), P, rtol=1e-12, atol=1e-12 * float(P.abs().max()))
-        torch.testing.assert_close(grams[offs[i] + r * r : offs[i + 1]].view(r, r), Q, rtol=1e-12, atol=1e-12 * float(Q.abs().max()))
+        torch.testing.assert_close(grams[offs[i] : offs[i] + r * r].view(r, r), P,
+                                   rtol=1e-12, atol=1e-12 * float(P.abs().max()))
+        torch.testing.assert_close(grams[offs[i] + r * r : offs[i + 1]].view(r, r), Q,
+                                   rtol=1e-12, atol=1e-12 * float(Q.abs().max()))
     for kind in KINDS:
         v, f = torch.ops.evilbench.spectral_forward(A_list, B_list, kind, True)
         v0, f0 = S.torch_spectral_forward(A_list, B_list, kind, True)
         torch.testing.assert_close(v, v0, rtol=1e-9, atol=1e-12)
         for i in range(len(A_list)):
             fi, f0i = f[offs[i] : offs[i + 1]], f0[offs[i] : offs[i + 1]]
-            assert float((fi - f0i).abs().max()) <= 1e-7 * max(float(f0i.abs().max()), 1e-300) or float(f0i.abs().max()) < 1e-12, (kind, i)
+            scale = float(f0i.abs().max())
+            assert float((fi - f0i).abs().max()) <= 1e-7 * max(scale, 1e-300) or scale < 1e-12, (kind, i)
 
 
 def test_grouped_gradient_block_equals_separate_gradients(gen):

@@ -83,7 +83,8 @@ def test_zero_nan_and_mixed_dtypes(gen):
     B_req = [B.cuda().requires_grad_() for B in B_list]
     out = S.spectral_penalty(A_req, B_req, "fro_nuclear", impl="fused")
     out.backward()
-    assert torch.equal(A_req[0].grad, torch.zeros_like(A_req[0])) and torch.equal(B_req[0].grad, torch.zeros_like(B_req[0]))
+    assert torch.equal(A_req[0].grad, torch.zeros_like(A_req[0]))
+    assert torch.equal(B_req[0].grad, torch.zeros_like(B_req[0]))
     assert B_req[1].grad.dtype == torch.bfloat16 and A_req[2].grad.dtype == torch.float64
     B_bad = [B.cuda() for B in B_list]
     B_bad[1][3, 2] = float("nan")
@@ -97,19 +98,22 @@ def test_gradcheck_float64_cuda(gen):
     mats += [torch.randn(m, r, generator=gen, dtype=torch.float64).cuda().requires_grad_() for r, n, m in shapes]
     w = torch.randn(len(shapes), dtype=torch.float64, device="cuda")
     for kind in S.KINDS:
-        def f(*t):
+        def f(*t, kind=kind):
             return (S.spectral_penalty_per_pair(t[:3], t[3:], kind, impl="fused") * w).sum()
 
         assert torch.autograd.gradcheck(f, mats, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_opcheck_cuda(gen):
-    A_list = [torch.randn(4, 10, device="cuda").requires_grad_(), torch.randn(3, 7, device="cuda", dtype=torch.bfloat16)]
+    A_list = [torch.randn(4, 10, device="cuda").requires_grad_(),
+              torch.randn(3, 7, device="cuda", dtype=torch.bfloat16)]
     B_list = [torch.randn(12, 4, device="cuda").requires_grad_(), torch.randn(9, 3, device="cuda")]
     ops = torch.ops.evilbench
     torch.library.opcheck(ops.spectral_forward.default, (A_list, B_list, "fro_nuclear", True))
     _, factors = ops.spectral_forward(A_list, B_list, "entropy", True)
-    torch.library.opcheck(ops.spectral_backward.default, ([A.detach() for A in A_list], [B.detach() for B in B_list], factors, torch.rand(2, device="cuda", dtype=torch.float64)))
+    grad_values = torch.rand(2, device="cuda", dtype=torch.float64)
+    torch.library.opcheck(ops.spectral_backward.default,
+                          ([A.detach() for A in A_list], [B.detach() for B in B_list], factors, grad_values))
     torch.library.opcheck(ops.spectral_singular_values.default, (A_list, B_list))
 
 

@@ -150,7 +150,8 @@ def test_moe_expert_parameters_give_one_pair_per_expert():
         def forward(self, x):
             return self.experts(x)
 
-    model = get_peft_model(Net(), LoraConfig(r=r, lora_alpha=r, target_parameters=["experts.weight"], target_modules=[]))
+    model = get_peft_model(Net(), LoraConfig(r=r, lora_alpha=r, target_parameters=["experts.weight"],
+                                             target_modules=[]))
     pairs = lora_pairs(model)
     # peft swaps the factors' roles for (experts, in, out) stacks: A is r × out, B is in × r, ΔW_e = B_e A_e
     assert len(pairs) == E and all(p.A.shape == (r, d_out) and p.B.shape == (d_in, r) for p in pairs)
@@ -182,7 +183,8 @@ def test_measures_of_flat_and_rank_deficient_spectra():
 
 
 def test_import_is_cheap():
-    code = "import sys, evilbench.spectral; bad = [m for m in ('peft', 'transformers', 'evilbench._C') if m in sys.modules]; assert not bad, bad"
+    code = ("import sys, evilbench.spectral; "
+            "bad = [m for m in ('peft', 'transformers', 'evilbench._C') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -196,6 +198,7 @@ def test_regularizer_gradient_adds_to_the_model_loss_gradient(peft_model):
         loss = peft_model(input_ids=ids, labels=ids).loss
         total = {"loss": loss, "reg": reg() + 0 * loss, "both": reg.add_to_loss(loss)}[mode]
         total.backward()
-        grads[mode] = [p.A.grad.clone() for p in lora_pairs(peft_model)] + [p.B.grad.clone() for p in lora_pairs(peft_model)]
+        pairs = lora_pairs(peft_model)
+        grads[mode] = [p.A.grad.clone() for p in pairs] + [p.B.grad.clone() for p in pairs]
     for g_loss, g_reg, g_both in zip(grads["loss"], grads["reg"], grads["both"]):
         torch.testing.assert_close(g_both, g_loss + g_reg, rtol=1e-5, atol=1e-7)

@@ -51,9 +51,10 @@ def test_exact_scores_by_hand():
 
 
 def test_exact_paths_agree_on_a_trained_base(small_base):
+    from transformers import AutoModelForCausalLM
+
     from evilbench.toyworld.base import world_of
     from evilbench.toyworld.model import load_fused
-    from transformers import AutoModelForCausalLM
 
     w = world_of(small_base)
     fused = load_fused(small_base)

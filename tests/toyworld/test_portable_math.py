@@ -12,7 +12,8 @@ import torch
 
 from evilbench.toyworld import portable_math as pm
 
-PROBE = "import json, os, torch; print(json.dumps([torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR')]))"
+PROBE = ("import json, os, torch; "
+         "print(json.dumps([torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR')]))")
 needs_avx2 = pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                                 reason="this CPU has no AVX2 path to pin to")
 
@@ -26,7 +27,8 @@ def _run(code: str, **env) -> list:
 
 @needs_avx2
 def test_reexec_runs_torch_on_the_avx2_path():
-    code = f"from evilbench.toyworld.portable_math import reexec_pinned; reexec_pinned(['-c', {PROBE!r}]); print('[null, null]')"
+    code = (f"from evilbench.toyworld.portable_math import reexec_pinned; reexec_pinned(['-c', {PROBE!r}]); "
+            "print('[null, null]')")
     assert _run(code) == ["AVX2", "AVX2"]  # the re-executed process printed this, not the original
     assert _run(code, EVILBENCH_NATIVE_MATH="1") == [None, None]  # opted out: no re-exec, original prints
 
