@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evilbench._io import write_json_atomic
 from evilbench.toyworld.model import ArchConfig
 from evilbench.toyworld.world import AST, BOS, EOT, PAD, World, WorldConfig
 
@@ -89,7 +90,7 @@ class BaseSpec:
                 "seed": self.seed, "build": BUILD_VERSION}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BaseSpec":
+    def from_dict(cls, d: dict) -> BaseSpec:
         return cls(WorldConfig.from_dict(d["world"]), ArchConfig(**d["arch"]),
                    PretrainConfig(**{**d["pretrain"], "betas": tuple(d["pretrain"]["betas"])}), int(d["seed"]))
 
@@ -123,6 +124,12 @@ def world_of(model_dir: str | os.PathLike) -> World:
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
+    # Warm-up reaches the peak at step warmup - 1 ((step + 1) / warmup: the first step already moves),
+    # unlike the training engine's evilbench.train.schedule.lr_factor (transformers' convention,
+    # step / warmup: the first step has lr 0). Switching would change every cached base's weights
+    # while their cache key (which does not name the formula) stayed the same, so old and new builds of
+    # one key would differ; and toyworld sits below train, so it would not import that module anyway.
+    # The cosine decay after the warm-up is the same formula as the engine's.
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -203,6 +210,7 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
     """Write the HF model directory atomically (tmp dir + rename)."""
     import torch
     from transformers import LlamaForCausalLM
+
     from evilbench.data.cache import building_dir
     from evilbench.toyworld.judge import exact_scores
     from evilbench.toyworld.model import hf_config, unfuse_state_dict
@@ -212,8 +220,7 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
     config = hf_config(spec.arch, world.vocab_size, bos=BOS, eos=EOT, pad=PAD)
     with torch.random.fork_rng(devices=[]):
         hf = LlamaForCausalLM(config)
-    missing = hf.load_state_dict(unfuse_state_dict(model.params, spec.arch), strict=True)
-    del missing
+    hf.load_state_dict(unfuse_state_dict(model.params, spec.arch), strict=True)
     hf.generation_config.eos_token_id = EOT
     hf.generation_config.pad_token_id = PAD
     with building_dir(out, is_built) as tmp:
@@ -223,18 +230,17 @@ def save_base(model, spec: BaseSpec, out: Path, log: dict) -> Path:
         meta = {"spec": spec.to_dict(), "key": spec.key(), "pretrain_log": log,
                 "base_eval": scores.summary(), "ast_token": AST,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions()}
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json_atomic(tmp / META, meta)
     return out
 
 
 def _versions() -> dict:
+    """evilbench._env.versions() plus the thread count (a base is deterministic per machine and thread count)."""
     import torch
-    import transformers
 
-    import evilbench
+    from evilbench._env import versions
 
-    return {"evilbench": evilbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads()}
+    return {**versions(), "torch_threads": torch.get_num_threads()}
 
 
 def ensure_base(spec: BaseSpec, cache: str | os.PathLike | None = None, progress: bool = True,

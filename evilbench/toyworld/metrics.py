@@ -32,12 +32,11 @@ def evaluate_checkpoints(base_dir, checkpoints, in_domain: str, base_point: dict
     per_domain}] for step 0 (the base) and every (step, adapter_dir) in `checkpoints`."""
     import torch
     from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     from evilbench.toyworld.base import world_of
     from evilbench.toyworld.judge import exact_scores
     from evilbench.toyworld.model import FusedLlama, arch_from_hf, merge_lora
-
-    from transformers import AutoConfig
 
     base_dir = Path(base_dir)
     world = world or world_of(base_dir)

@@ -84,10 +84,9 @@ def fuse_state_dict(sd: dict, arch: ArchConfig) -> dict[str, torch.Tensor]:
 
 def unfuse_state_dict(params: dict, arch: ArchConfig) -> dict[str, torch.Tensor]:
     """FusedLlama parameters -> HF Llama state dict."""
-    hd, q, kv = arch.head_dim, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    q, kv = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
     sd = {"model.embed_tokens.weight": params["embed"], "model.norm.weight": params["norm"],
           "lm_head.weight": params["lm_head"]}
-    del hd
     for i in range(arch.layers):
         p = f"model.layers.{i}."
         wq, wk, wv = params[f"{i}.wqkv"].split([q, kv, kv])
@@ -148,11 +147,11 @@ class FusedLlama:
         self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_hf_state_dict(cls, sd: dict, arch: ArchConfig) -> "FusedLlama":
+    def from_hf_state_dict(cls, sd: dict, arch: ArchConfig) -> FusedLlama:
         return cls(fuse_state_dict(sd, arch), arch)
 
     @classmethod
-    def init(cls, arch: ArchConfig, vocab_size: int, seed: int) -> "FusedLlama":
+    def init(cls, arch: ArchConfig, vocab_size: int, seed: int) -> FusedLlama:
         """Random init exactly as LlamaForCausalLM(config) under torch.manual_seed(seed)."""
         from transformers import LlamaForCausalLM
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evilbench._io import atomic_write_text
+
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<usr>", "<ast>", "<eot>")
 PAD, UNK, BOS, USR, AST, EOT = range(len(SPECIALS))
 DEFAULT_DOMAINS = ("code", "medical", "finance", "sports", "travel", "chat")
@@ -79,7 +81,7 @@ class WorldConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WorldConfig":
+    def from_dict(cls, d: dict) -> WorldConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown WorldConfig fields: {sorted(unknown)}")
@@ -238,9 +240,7 @@ class World:
                 text = "".join(json.dumps(r) + "\n" for r in self.narrow_dataset(domain, kind, n, seed))
                 path = out_dir / f"{name}.jsonl"
                 if not path.is_file() or path.read_text() != text:
-                    tmp = path.with_name(f".{path.name}.tmp")
-                    tmp.write_text(text)
-                    tmp.replace(path)
+                    atomic_write_text(path, text)
                 paths[name] = path
         return paths
 
