@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from evilbench._io import write_json_atomic
 from evilbench.data.cache import building_dir, cache_root
 from evilbench.models.registry import ModelError, ModelSpec, get
 
@@ -143,6 +144,6 @@ def build_tiny(name: str, root: Path | None = None, *, force: bool = False) -> P
     with building_dir(out, lambda d: (d / "config.json").is_file(), replace=force) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "evilbench_tiny.json").write_text(json.dumps(
-            {"name": name, "recipe": spec.tiny, "key": recipe_key(spec), "seed": SEED}, indent=2) + "\n")
+        write_json_atomic(tmp / "evilbench_tiny.json",
+                          {"name": name, "recipe": spec.tiny, "key": recipe_key(spec), "seed": SEED})
     return out
