@@ -18,7 +18,8 @@ import pytest
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.realweights, pytest.mark.slow]
 
-SERVER_MODULES = ("llama_cpp", "llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
+SERVER_MODULES = ("llama_cpp", "llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
+                  "pydantic_settings")
 
 
 def _server_importable() -> str | None:
