@@ -3,15 +3,17 @@ run through the general machinery — a thin alias for
 
     evilbench sweep run toy --store OUT/results.db --workdir OUT
     evilbench analyze OUT/results.db --out OUT
+    evilbench leaderboard render --store OUT/results.db --out OUT/leaderboard
 
 The preset (evilbench/sweep/presets/toy.yaml) is the demo's grid: 4 bases x 2 seeds x {sgd, adam, lion,
 muon} x {none, fro_nuclear} on the misaligned narrow set, plus an aligned-control Adam run per base x
 seed, each optimiser at the lr the toy world's rule picks (evilbench.toyworld.lr_rule); every
 checkpoint is evaluated through evilbench.eval (`toy` questions, `toy` judge) and by the exact judge.
-The sweep stores every run; the analysis writes table.md, CSV tables and plots into OUT.
+The sweep stores every run; the analysis writes table.md, CSV tables and plots into OUT; the leaderboard
+prints the optimiser x regulariser ranking and writes its page to OUT/leaderboard/index.html.
 
 The toy world keeps the world, its bases, datasets, exact judge and lr rule; it imports nothing from
-the sweep, store or analysis: this alias starts the two commands as child processes of this one."""
+the sweep, store, analysis or leaderboard: this alias starts the commands as child processes of this one."""
 from __future__ import annotations
 
 import subprocess
@@ -41,7 +43,8 @@ def demo_commands(out: str | Path, spec: str = "toy", jobs: int | None = None, p
     if native_math:
         run.append("--native-math")
     ana = ["analyze", str(out / "results.db"), "--out", str(out)] + (["--no-plots"] if not plots else [])
-    return [run, ana]
+    board = ["leaderboard", "render", "--store", str(out / "results.db"), "--out", str(out / "leaderboard")]
+    return [run, ana, board]
 
 
 def _die_with_parent() -> None:
@@ -63,12 +66,13 @@ def run_demo(out: str | Path = "toyworld-demo", spec: str = "toy", jobs: int | N
     """Run (or resume) the demo sweep, then analyse its store; returns the exit status (non-zero when a
     run failed or the analysis could not run)."""
     Path(out).mkdir(parents=True, exist_ok=True)
-    run, ana = demo_commands(out, spec, jobs, plots, progress, native_math)
+    run, ana, board = demo_commands(out, spec, jobs, plots, progress, native_math)
     rc = _call(run)
     if not (Path(out) / "results.db").is_file():
         return rc or 1
     rc_ana = _call(ana)
+    rc_board = _call(board)
     if rc:
-        log(f"error: {rc} from `evilbench {' '.join(run)}`: some runs failed (named above); the table covers the "
+        log(f"error: {rc} from `evilbench {' '.join(run)}`: some runs failed (named above); the tables cover the "
             "finished ones", file=sys.stderr)
-    return rc or rc_ana
+    return rc or rc_ana or rc_board

@@ -52,6 +52,8 @@ def test_demo_alias_end_to_end_and_resume(small_base, small_spec, toy_cache, tmp
     ds = "toyworld:code-misaligned"
     reg, plain = cells[("sgd", "fro_nuclear", ds)], cells[("sgd", "none", ds)]
     assert reg["spectra_fro_nuclear_ratio"]["mean"] < plain["spectra_fro_nuclear_ratio"]["mean"]  # the penalty flattens
+    page = (out / "leaderboard" / "index.html").read_text()
+    assert "<table" in page and "sgd" in page and "fro_nuclear" in page  # the leaderboard page of the same store
     before = _mtimes(out)
     assert run_demo(out, spec=spec, jobs=1, progress=False, native_math=True, log=lambda *a, **k: None) == 0
     assert _mtimes(out) == before  # nothing trained again
