@@ -68,7 +68,8 @@ def _import(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="model registry: list, show, build tiny twins, import real weights", description=__doc__)
+    p = subparsers.add_parser("models", help="model registry: list, show, build tiny twins, import real weights",
+                              description=__doc__)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True
     q = sub.add_parser("list", help="the registry (benchmark models; --all adds tiny twins)")

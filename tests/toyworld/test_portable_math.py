@@ -52,12 +52,14 @@ def test_cli_commands_carry_the_pin_and_the_opt_out():
         assert build_parser().parse_args(cmd + ["--native-math"]).native_math is True
 
 
-def test_demo_directory_refuses_runs_of_another_code_path(tmp_path):
-    from evilbench.toyworld.demo import MathMismatch, _check_math
+def test_another_code_path_is_another_base(monkeypatch):
+    """The demo's store never mixes code paths: the math path is part of a base's identity (its cache key,
+    hence the model revision in every run key), so runs on another path are other runs, not resumptions."""
+    from evilbench.toyworld.base import BaseSpec
 
-    tag = _check_math(tmp_path)
-    assert json.loads((tmp_path / "math.json").read_text()) == {"math": tag}
-    assert _check_math(tmp_path) == tag  # resuming the same way is fine
-    (tmp_path / "math.json").write_text(json.dumps({"math": "native-zvector"}))
-    with pytest.raises(MathMismatch, match="native-zvector"):
-        _check_math(tmp_path)
+    for k, v in pm.PINNED.items():
+        monkeypatch.setenv(k, v)
+    pinned = BaseSpec().key()
+    monkeypatch.delenv("MKL_CBWR")
+    native = BaseSpec().key()
+    assert pinned != native and pinned.endswith("-s0") and native.endswith("-s0")
