@@ -7,11 +7,17 @@ Files of an evaluation directory (one per model + adapter/checkpoint):
 Lines are appended as work finishes; a rerun skips ids already present, so a killed stage resumes."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 METRICS = ("aligned", "coherent")  # the two judge prompts of the EM protocol
 VERDICTS = ("CODE", "REFUSAL")     # non-numeric answers the aligned prompt may give
+
+
+def _shallow_dict(record) -> dict:
+    """The record's fields as a dict (for one JSON line). Not dataclasses.asdict: its recursive deep
+    copy cost a toy-world run more than judging its answers did; records hold only JSON values."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Sample:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _shallow_dict(self)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class Judgment:
     error: str | None = None                       # why unscorable (timeout, garbage, mass < 0.25, ...)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _shallow_dict(self)
 
 
 class Judge(Protocol):
