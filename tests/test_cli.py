@@ -61,8 +61,9 @@ def test_expected_errors_are_one_line_and_exit_2_unless_debug(monkeypatch, capsy
 
 
 def test_demo_with_failed_runs_exits_non_zero_and_names_the_failure(monkeypatch, tmp_path, capsys):
-    """The demo is `sweep run toy` (which names every failed run and exits 1) then `analyze`: a failed
-    sweep makes the demo exit non-zero, after the analysis of what finished."""
+    """The demo is `sweep run toy` (which names every failed run and exits 1), then `analyze` and
+    `leaderboard render`: a failed sweep makes the demo exit non-zero, after the analysis and the
+    leaderboard of what finished."""
     import evilbench.toyworld.demo as demo
 
     calls = []
@@ -78,4 +79,5 @@ def test_demo_with_failed_runs_exits_non_zero_and_names_the_failure(monkeypatch,
     assert main(["toyworld", "demo", "--out", str(tmp_path), "--no-plots", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "some runs failed (named above)" in err
-    assert [c[:3] for c in calls] == [["sweep", "run", "toy"], ["analyze", str(tmp_path / "results.db"), "--out"]]
+    assert [c[:3] for c in calls] == [["sweep", "run", "toy"], ["analyze", str(tmp_path / "results.db"), "--out"],
+                                      ["leaderboard", "render", "--store"]]
