@@ -11,7 +11,7 @@ Public API (lazy; importing this package loads nothing heavy):
   ArchConfig, FusedLlama, load_fused model.py     the Llama forward used for pre-training and scoring
   PretrainConfig, BaseSpec, ensure_base, world_of, toyworld_cache   base.py   cached base models
   exact_scores, sampled_scores, Scores              judge.py     the exact judge (mass / sampled)
-  evaluate_checkpoints, run_metrics, cluster_bootstrap   metrics.py
+  evaluate_checkpoints, run_metrics   metrics.py
   LR_GRIDS, choose_lr                lr_rule.py   the learning-rate rule
   run_demo, demo_commands            demo.py      `evilbench toyworld demo`: an alias of the toy sweep preset
 """
@@ -37,7 +37,6 @@ _EXPORTS = {
     "Scores": "evilbench.toyworld.judge",
     "evaluate_checkpoints": "evilbench.toyworld.metrics",
     "run_metrics": "evilbench.toyworld.metrics",
-    "cluster_bootstrap": "evilbench.toyworld.metrics",
     "LR_GRIDS": "evilbench.toyworld.lr_rule",
     "choose_lr": "evilbench.toyworld.lr_rule",
     "run_demo": "evilbench.toyworld.demo",

@@ -17,7 +17,6 @@ Aggregation over runs: means with cluster-bootstrap 95% CIs (bases resampled, th
 resampled base), since bases differ far more than fine-tune seeds do."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -77,33 +76,3 @@ def run_metrics(trajectory: list[dict]) -> dict:
         "held_out_peak": float(held[1:].max()), "min_coherence": float(min(p["held_out_coherence"] for p in traj[1:])),
         "base_held_out": traj[0]["held_out_misalignment"], "total_steps": total,
     }
-
-
-def cluster_bootstrap(values: dict[tuple, float], n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi) of {(base, seed): value}: percentile CI of the mean under a two-level bootstrap
-    (resample bases with replacement, then seeds within each drawn base). None values are dropped;
-    (nan, nan, nan) when nothing is left."""
-    clean = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
-    if not clean:
-        return (math.nan, math.nan, math.nan)
-    groups: dict = {}
-    for (b, _s), v in clean.items():
-        groups.setdefault(b, []).append(v)
-    sizes = np.array([len(v) for v in groups.values()])
-    table = np.zeros((len(groups), sizes.max()))
-    for g, v in enumerate(groups.values()):
-        table[g, : len(v)] = v
-    mean = float(np.mean(list(clean.values())))
-    if len(clean) == 1:
-        return (mean, mean, mean)
-    rng = np.random.default_rng(seed)
-    nb, smax = len(groups), sizes.max()
-    bases = rng.integers(nb, size=(n_boot, nb))                          # resampled bases
-    n = sizes[bases]                                                     # their run counts
-    within = np.floor(rng.random((n_boot, nb, smax)) * n[..., None]).astype(int)  # resampled runs
-    valid = np.arange(smax)[None, None, :] < n[..., None]
-    picked = table[bases[..., None], within]
-    stats = (picked * valid).sum((1, 2)) / valid.sum((1, 2))
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return (mean, float(lo), float(hi))

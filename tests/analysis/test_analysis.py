@@ -10,7 +10,7 @@ import pytest
 
 from evilbench.analysis.core import Options, run_metrics
 from evilbench.analysis.report import analyze
-from evilbench.analysis.stats import cluster_bootstrap, value_at_loss
+from evilbench.analysis.stats import value_at_loss
 from evilbench.store.db import Store
 
 OPTS = {"sgd": 0.0, "adam": 6.0, "lion": -9.0, "muon": 15.0}   # stratum offsets of alignment
@@ -100,16 +100,6 @@ def test_regularizer_effect_and_cells(synthetic, tmp_path):
     assert cell["finished"] == 6 and cell["spectra_fro_nuclear_ratio"]["mean"] == 0.5
     assert cell["fit_step"]["mean"] == 4  # in-domain first >= 0.9 at step 4
     assert "| adam | none | d |" in res["table"]
-
-
-def test_bootstrap_reproduces_the_toy_world_one():
-    from evilbench.toyworld.metrics import cluster_bootstrap as toy_bootstrap
-
-    rng = np.random.default_rng(0)
-    vals = {(b, s): float(rng.random()) for b in range(4) for s in range(2)}
-    assert cluster_bootstrap(vals) == toy_bootstrap(vals)
-    vals[(2, 1)] = None
-    assert cluster_bootstrap(vals, n_boot=500) == toy_bootstrap(vals, n_boot=500)
 
 
 def test_run_metrics_auc_fit_and_matched_loss():

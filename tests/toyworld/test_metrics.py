@@ -7,8 +7,9 @@ import random
 import numpy as np
 import pytest
 
+from evilbench.analysis.stats import cluster_bootstrap
 from evilbench.toyworld.lr_rule import LR_GRIDS, choose_lr, grid
-from evilbench.toyworld.metrics import cluster_bootstrap, run_metrics
+from evilbench.toyworld.metrics import run_metrics
 
 
 def _traj(steps, held, ind, coh=None):
