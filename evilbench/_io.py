@@ -92,3 +92,32 @@ def manifest_problems(directory: str | os.PathLike) -> list[str]:
         elif sha256_file(p) != h:
             problems.append(f"{p}: checksum mismatch (truncated or modified)")
     return problems
+
+
+class DirLock:
+    """An exclusive, non-blocking flock on `directory/.lock` for the lifetime of a `with` block: two
+    processes never write into one directory. A second one fails at once with `busy(directory)`, the
+    exception the caller names (a one-line user error)."""
+
+    def __init__(self, directory: str | os.PathLike, busy):
+        self.path = Path(directory) / ".lock"
+        self.busy = busy
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise self.busy(self.path.parent) from None
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        return None

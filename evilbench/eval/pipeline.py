@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from evilbench._io import DirLock
 from evilbench.errors import UserError
 from evilbench.eval.types import METRICS, JudgeItem, Question, QuestionSet, Sample
 
@@ -99,30 +100,12 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-class _DirLock:
+class _DirLock(DirLock):
     """An exclusive lock on an evaluation directory for one stage: two processes never append to the
     same files (a second one fails at once with a clear error)."""
 
     def __init__(self, output: Path):
-        self.path = Path(output) / ".lock"
-        self.fd = None
-
-    def __enter__(self):
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise EvalError(f"{self.path.parent} is in use by another evaluation process") from None
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        super().__init__(output, lambda d: EvalError(f"{d} is in use by another evaluation process"))
 
 
 def _write_json(path: Path, obj) -> None:

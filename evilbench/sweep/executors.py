@@ -157,9 +157,8 @@ class LocalExecutor:
 
         todo = list(range(len(payloads)))
         busy: dict[int, int] = {}  # worker id -> job index
-        while todo or busy:
-            while len(self.procs) < min(self.workers, len(todo) + len(busy)):
-                self._spawn()
+
+        def hand_out():  # the next jobs to the idle workers
             for wid in list(self.procs):
                 if wid not in busy and todo:
                     i = todo.pop(0)
@@ -168,6 +167,11 @@ class LocalExecutor:
                         busy[wid] = i
                     except (OSError, BrokenPipeError):
                         todo.insert(0, i)
+
+        while todo or busy:
+            while len(self.procs) < min(self.workers, len(todo) + len(busy)):
+                self._spawn()
+            hand_out()
             if not busy:
                 continue
             by_obj = {}
@@ -198,14 +202,7 @@ class LocalExecutor:
             done = [(busy.pop(wid), out) for wid, out in finished]
             # hand the freed workers their next jobs before the caller writes these results, so that
             # the store writes overlap with the workers' compute instead of idling them
-            for wid in list(self.procs):
-                if wid not in busy and todo:
-                    i = todo.pop(0)
-                    try:
-                        self.procs[wid][1].send((fn_path, payloads[i]))
-                        busy[wid] = i
-                    except (OSError, BrokenPipeError):
-                        todo.insert(0, i)
+            hand_out()
             yield from done
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evilbench._io import (  # noqa: F401
     MANIFEST,
+    DirLock,
     manifest_problems,
     read_manifest,
     replace_dir,
@@ -229,27 +230,9 @@ def run_status(run_dir: str | os.PathLike) -> str | None:
     return status
 
 
-class RunLock:
+class RunLock(DirLock):
     """An exclusive lock on a run directory (two processes must not train into the same directory)."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.fd = None
-
-    def __enter__(self):
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise RunLockedError(f"{self.path.parent} is in use by another training process "
-                                 "(wait for it to finish, or use another output directory)") from None
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        super().__init__(run_dir, lambda d: RunLockedError(
+            f"{d} is in use by another training process (wait for it to finish, or use another output directory)"))
