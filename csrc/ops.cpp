@@ -2,8 +2,11 @@
 // Implementations register themselves per backend with TORCH_LIBRARY_IMPL:
 //   csrc/cpu/*.cpp   (CPU)          csrc/cuda/*_launch.cpp   (CUDA, torch glue around torch-free .cu)
 // Python-side wrappers, fake kernels and autograd live in evilbench/kernels/.
+// Light headers (not torch/extension.h, which pulls in torch's whole C++ frontend): ATen, the
+// operator registry, and torch's pybind11 type casters for the module functions below.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <mutex>

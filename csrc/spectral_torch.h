@@ -2,7 +2,7 @@
 // (cuda/spectral_launch.cpp). Uses ATen, so the torch-free .cu files never include it.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <map>

@@ -4,7 +4,7 @@
 //           factors FB = NQ, FA = PN (float64)
 //   pass 2: gB = g·B FB, gA = g·FA A (one read of A and B, one write of the gradients)
 // Work is spread over threads by (pair, side) items, largest first, taken from a shared counter.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 

@@ -1,7 +1,7 @@
 // Torch glue for the CUDA spectral-penalty kernels (spectral.cu): input checks, the work table
 // (pairs + chunks, copied to the device with one async copy from pinned memory), output allocation.
 // Three kernel launches per forward / backward, whatever the number of pairs; no host syncs.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
