@@ -7,6 +7,7 @@ GPU users: pip install --no-build-isolation -e .   (uses the torch already insta
 import glob
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -64,7 +65,19 @@ def _extension():
     )
 
 
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """Object files live in ./build/temp-<platform>-<python>-torch<version> for every kind of build.
+    pip's editable installs would otherwise compile in a fresh temporary directory each time; here
+    ninja recompiles only what changed, so reinstalling an unchanged tree (say, with more extras)
+    relinks in seconds instead of recompiling for minutes."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}-torch{torch.__version__}"
+        self.build_temp = str(Path(__file__).resolve().parent / "build" / f"temp-{tag}")
+
+
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt},
 )
