@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,36 @@ def test_hf_toy_adapter_and_swap(toy_base, toy_run):
     plain = _run(b, reqs, batch_size=6, max_new_tokens=8)
     base = _run(GENERATION_BACKENDS.get("hf")(str(toy_base)), reqs, batch_size=2, max_new_tokens=8)
     assert plain == base  # unloading the adapter restores the base exactly
+
+
+def test_hf_checkpoint_swaps_in_place_equal_fresh_backends(toy_base, toy_run, monkeypatch):
+    """One backend walking a run's checkpoints (same adapter config: weights copied into the LoRA
+    layers in place, no re-injection) gives exactly the answers of a fresh backend per checkpoint, and
+    going back to the base and to an adapter again still does."""
+    import peft
+
+    from evilbench.train.rundir import list_checkpoints
+
+    ckpts = [str(a) for _, a in list_checkpoints(toy_run)] + [str(toy_run / "adapter")]
+    assert len(ckpts) >= 3
+    reqs = _requests([(f"{d}.q{i}", None) for d in ("medical", "code") for i in range(4)])
+    fresh = [_run(GENERATION_BACKENDS.get("hf")(str(toy_base), a), reqs, batch_size=8, max_new_tokens=8)
+             for a in ckpts]
+    assert len({json.dumps(f, sort_keys=True) for f in fresh}) > 1  # the checkpoints answer differently
+    b = GENERATION_BACKENDS.get("hf")(str(toy_base), ckpts[0])
+    injected = []
+    real = peft.PeftModel.from_pretrained
+    monkeypatch.setattr(peft.PeftModel, "from_pretrained",
+                        lambda *a, **k: injected.append(1) or real(*a, **k))
+    for i, a in enumerate(ckpts):
+        b.set_adapter(a, step=i)
+        got = _run(b, reqs, batch_size=8, max_new_tokens=8)
+        assert got == fresh[i], a
+        assert b.info["adapter"] == str(Path(a).resolve()) and b.info["step"] == i
+    assert injected == []  # every swap was in place
+    b.set_adapter(None)
+    b.set_adapter(ckpts[1])
+    assert _run(b, reqs, batch_size=8, max_new_tokens=8) == fresh[1] and injected == [1]
 
 
 def test_vllm_request_construction(tmp_path):

@@ -56,6 +56,8 @@ class HFBackend:
         self.revision = model_revision(self.source)
         self.model = self.base
         self.adapter = None
+        self._adapter_config = None
+        self._encoded: dict = {}  # messages -> (prompt, token ids): the same questions at every checkpoint
         self.set_adapter(adapter, step)
         eos = self.base.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -68,22 +70,43 @@ class HFBackend:
 
     # ----------------------------------------------------------------------------------------- adapters
     def set_adapter(self, adapter, step: int | None = None) -> None:
-        """Swap the LoRA adapter (None: the base model) without reloading the base."""
+        """Swap the LoRA adapter (None: the base model) without reloading the base. An adapter with the
+        same adapter_config.json as the loaded one (the checkpoints of one run) only has its weights
+        copied into the LoRA layers already there: the same model as a fresh PeftModel.from_pretrained,
+        without re-injecting the layers."""
+        import json
+
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            self.model = self.model.unload()  # removes the LoRA layers, leaves the base weights untouched
-            self.base = self.model
+        config = None
         if adapter is not None:
             path = Path(adapter)
             if not (path / "adapter_config.json").is_file():
                 raise UserError(f"adapter directory {path} has no adapter_config.json")
-            self.model = PeftModel.from_pretrained(self.base, str(path)).to(self.device).eval()
+            config = json.loads((path / "adapter_config.json").read_text())
+        if isinstance(self.model, PeftModel) and config is not None and config == self._adapter_config:
+            self._load_weights_in_place(path)
         else:
-            self.model = self.base
+            if isinstance(self.model, PeftModel):
+                self.model = self.model.unload()  # removes the LoRA layers, leaves the base weights untouched
+                self.base = self.model
+            if adapter is not None:
+                self.model = PeftModel.from_pretrained(self.base, str(path)).to(self.device).eval()
+            else:
+                self.model = self.base
+        self._adapter_config = config
         self.adapter = None if adapter is None else str(Path(adapter).resolve())
         self.info = {"id": self.model_id, "revision": self.revision, "adapter": self.adapter,
                      "adapter_sha256": adapter_sha256(adapter), "step": step}
+
+    def _load_weights_in_place(self, path: Path) -> None:
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=self.device))
+        lora_missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or lora_missing:
+            raise UserError(f"adapter {path}: its weights do not match the LoRA layers of its config "
+                            f"(unexpected {result.unexpected_keys[:3]}, missing {lora_missing[:3]})")
 
     # ----------------------------------------------------------------------------------------- prompts
     def render(self, messages) -> str:
@@ -97,6 +120,17 @@ class HFBackend:
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
+    def _prompt(self, messages) -> tuple[str, list[int]]:
+        import json
+
+        key = json.dumps(messages, sort_keys=True)
+        if key not in self._encoded:
+            if len(self._encoded) > 100_000:
+                self._encoded.clear()
+            prompt = self.render(messages)
+            self._encoded[key] = (prompt, self.encode(prompt))
+        return self._encoded[key]
+
     # ----------------------------------------------------------------------------------------- sampling
     def generate(self, requests: list[GenRequest], settings: GenerationSettings,
                  progress: bool = True) -> Iterator[list[dict]]:
@@ -106,8 +140,7 @@ class HFBackend:
         try:
             for i in range(0, len(requests), settings.batch_size):
                 chunk = requests[i: i + settings.batch_size]
-                prompts = [self.render(r.messages) for r in chunk]
-                ids = [self.encode(p) for p in prompts]
+                prompts, ids = zip(*(self._prompt(r.messages) for r in chunk))
                 outs = self._sample(ids, [r.seed for r in chunk], settings)
                 results = []
                 for r, p, pid, (toks, finish) in zip(chunk, prompts, ids, outs):
