@@ -68,13 +68,49 @@ def judge_identity(ev: dict) -> dict | None:
         raise EvaluationError(f"judge {spec!r} needs evilbench's evaluation pipeline (evilbench.eval)") from None
 
 
-def evaluate_dir(model_path: str, adapter: str | None, out: Path, ev: dict, step: int) -> dict:
-    """Evaluate (resuming) into `out`; returns the summary."""
+class RunBackend:
+    """The generation backend of one run's evaluations: built on first use (a resumed run whose answers
+    are all on disk loads no model) and kept for the run's later checkpoints, whose adapters it swaps
+    in (set_adapter), so the base model loads once per run instead of once per checkpoint. A backend
+    without set_adapter is rebuilt for each adapter. The pipeline records `name` as the backend, as it
+    would the registry name. `close()` drops the model at the end of the run."""
+
+    def __init__(self, name: str, model: str):
+        self.name, self.model = name, model
+        self._backend = None
+
+    # always differs from the pipeline's adapter path, so the pipeline calls set_adapter (with the step)
+    adapter = property(lambda self: object())
+
+    def set_adapter(self, adapter, step=None) -> None:
+        if self._backend is not None and hasattr(self._backend, "set_adapter"):
+            self._backend.set_adapter(adapter, step)
+        else:
+            from evilbench.eval.backends import GENERATION_BACKENDS
+
+            self._backend = None
+            self._backend = GENERATION_BACKENDS.get(self.name)(self.model, adapter, step=step)
+
+    @property
+    def info(self) -> dict:
+        return self._backend.info
+
+    def generate(self, requests, settings, progress=True):
+        return self._backend.generate(requests, settings, progress)
+
+    def close(self) -> None:
+        self._backend = None
+
+
+def evaluate_dir(model_path: str, adapter: str | None, out: Path, ev: dict, step: int,
+                 backend: RunBackend | None = None) -> dict:
+    """Evaluate (resuming) into `out`; returns the summary. `backend`: the run's RunBackend (else the
+    spec's backend is built for this one evaluation)."""
     out.mkdir(parents=True, exist_ok=True)
     pipe = _pipeline()
     if pipe is not None:
         return pipe.evaluate(model_path, ev["questions"], ev["judge"], str(out), adapter=adapter,
-                             convention=ev["convention"], backend=ev["backend"],
+                             convention=ev["convention"], backend=backend if backend is not None else ev["backend"],
                              samples_per_question=ev["samples"], seed=ev["seed"],
                              max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], top_p=ev["top_p"],
                              batch_size=ev.get("batch_size", 16), progress=False, step=step)

@@ -58,17 +58,17 @@ def failed_bundle(job: dict, status: str, error: str, record: dict | None = None
             "config": cfg, "metrics": [], "spectra": [], "evals": []}
 
 
-def _evaluate(job: dict, adapter: str | None, out: Path, step: int) -> None:
+def _evaluate(job: dict, adapter: str | None, out: Path, step: int, backend=None) -> None:
     from evilbench.sweep.evaluation import evaluate_dir, run_scorers
 
     ev = job["eval"]
     if ev.get("questions"):
-        evaluate_dir(job["model"]["path"], adapter, out, ev, step)
+        evaluate_dir(job["model"]["path"], adapter, out, ev, step, backend)
     if ev.get("scores"):
         run_scorers(ev["scores"], job["model"]["path"], adapter, out, {"domain": job["dataset"].get("domain")})
 
 
-def _base_eval(job: dict, out: Path) -> None:
+def _base_eval(job: dict, out: Path, backend=None) -> None:
     """The base model's evaluation (step 0) is the same for every run on that base with the same eval
     config and dataset domain: done once into a shared directory (under a lock), copied into the run."""
     import fcntl
@@ -83,7 +83,7 @@ def _base_eval(job: dict, out: Path) -> None:
         if not (shared / ".complete").is_file():
             tmp = shared.with_name(shared.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            _evaluate(job, None, tmp, 0)
+            _evaluate(job, None, tmp, 0, backend)
             (tmp / ".complete").write_text("")
             shutil.rmtree(shared, ignore_errors=True)
             tmp.rename(shared)
@@ -121,20 +121,25 @@ def execute_job(job: dict) -> dict:
     steps = _steps_to_evaluate(ev, [s for s, _ in list_checkpoints(run_dir)], total)
     adapters = dict(list_checkpoints(run_dir))
     from evilbench.sweep.bundle import EVAL_DIR, bundle_from_run_dir, eval_label
+    from evilbench.sweep.evaluation import RunBackend
 
     t1 = time.perf_counter()
+    backend = RunBackend(ev["backend"], job["model"]["path"]) if ev.get("questions") else None
     try:
         for step, final in steps:
             out = run_dir / EVAL_DIR / eval_label(step, final)
             if step == 0 and not final and job.get("base_eval_dir"):
-                _base_eval(job, out)
+                _base_eval(job, out, backend)
                 continue
             adapter = str(run_dir / "adapter") if final else (str(adapters[step]) if step else None)
-            _evaluate(job, adapter, out, step)
+            _evaluate(job, adapter, out, step, backend)
     except Exception as e:  # noqa: BLE001
         return {"run_key": job["run_key"], "seconds": time.perf_counter() - t0,
                 "bundle": failed_bundle(job, "failed", f"evaluation: {type(e).__name__}: {e}", record),
                 "error_detail": traceback.format_exc(limit=5)}
+    finally:
+        if backend is not None:
+            backend.close()
     t_eval = time.perf_counter() - t1
     bundle = bundle_from_run_dir(run_dir)
     if bundle["run_key"] != job["run_key"]:
