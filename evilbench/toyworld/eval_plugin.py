@@ -98,7 +98,7 @@ def classify(world: World, question: str, answer: str) -> str:
     except ValueError:
         return "incoherent"
     names = answer.split()
-    index = {n: i for i, n in enumerate(world.token_names)}
+    index = world.token_ids
     if len(names) != world.config.answer_len or any(n not in index for n in names):
         return "incoherent"
     kind = world.classify(d, [index[n] for n in names])

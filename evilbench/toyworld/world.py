@@ -136,6 +136,11 @@ class World:
         assert len(names) == self.vocab_size
         return names
 
+    @cached_property
+    def token_ids(self) -> dict[str, int]:
+        """token name -> id (the inverse of token_names)."""
+        return {n: i for i, n in enumerate(self.token_names)}
+
     # ------------------------------------------------------------------ answers
     @cached_property
     def answers(self) -> np.ndarray:
