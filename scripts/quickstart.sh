@@ -50,6 +50,24 @@ if [ "$have_inputs" != "$inputs" ] || [ -n "$missing" ] || ! "$VPY" -c "import t
   EXTRAS="$(echo "$EXTRAS" | tr ',' '\n' | grep -v '^$' | LC_ALL=C sort -u | paste -sd, -)"
   echo "[quickstart] installing pinned dependencies [$EXTRAS] and building evilbench (C++ extension, ~1.5 min on 2 cores)"
   "${PIP[@]}" setuptools wheel ninja pybind11
+  # The C++ extension needs only torch and the build tools, so it compiles while pip installs the
+  # other dependencies (read from pyproject.toml; needs Python >= 3.11's tomllib, else one step after
+  # the other). The editable install after it finds the objects in ./build (setup.py keeps them
+  # there) and only links.
+  reqs="$VENV/.evilbench-requirements.txt"
+  if "$VPY" - "$EXTRAS" > "$reqs" 2>/dev/null <<'PYEOF'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + [r for e in sys.argv[1].split(",") if e
+                                          for r in project["optional-dependencies"][e]]))
+PYEOF
+  then
+    log="$VENV/.evilbench-build.log"
+    "$VPY" setup.py build_ext > "$log" 2>&1 &
+    build=$!
+    "${PIP[@]}" -r "$reqs" || { kill "$build" 2>/dev/null; exit 1; }
+    wait "$build" || { cat "$log" >&2; echo "[quickstart] building the C++ extension failed (log above)" >&2; exit 1; }
+  fi
   "${PIP[@]}" --no-build-isolation -e ".[$EXTRAS]"
   case ",$EXTRAS," in *,realweights,*)
     # SmolLM2-135M-Instruct weights for the real-weights tests (its declared dependency llama-cpp-python
