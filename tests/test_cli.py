@@ -76,6 +76,7 @@ def test_demo_with_failed_runs_exits_non_zero_and_names_the_failure(monkeypatch,
         return 0
 
     monkeypatch.setattr(demo, "_call", fake)
+    monkeypatch.setattr(demo, "_call_together", lambda argvs: [fake(a) for a in argvs])
     assert main(["toyworld", "demo", "--out", str(tmp_path), "--no-plots", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "some runs failed (named above)" in err

@@ -75,9 +75,10 @@ def _strip(obj, drop):
     return obj
 
 
-def content_sha256(bundle: dict) -> str:
-    """The hash that decides whether two bundles of one run_key hold the same result."""
-    body = _strip(canonical(bundle), VOLATILE | LABELS)
+def content_sha256(bundle: dict, is_canonical: bool = False) -> str:
+    """The hash that decides whether two bundles of one run_key hold the same result (`is_canonical`:
+    the bundle is canonical() already, which a large bundle need not pay for twice)."""
+    body = _strip(bundle if is_canonical else canonical(bundle), VOLATILE | LABELS)
     if isinstance(body.get("config"), dict):
         body["config"] = {k: v for k, v in body["config"].items() if k not in LOCAL_PATHS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -247,7 +248,7 @@ class Store:
             raise StoreError(f"origin must be one of {ORIGINS} (got {origin!r})")
         validate_bundle(bundle)
         b = canonical(bundle)
-        key, digest = b["run_key"], content_sha256(b)
+        key, digest = b["run_key"], content_sha256(b, is_canonical=True)
         run = b["run"]
         with self._write() as c:
             row = c.execute("SELECT content_sha256, origin FROM runs WHERE run_key=?", (key,)).fetchone()
