@@ -241,9 +241,12 @@ class Store:
         return self._version(self._con)
 
     # ------------------------------------------------------------------ writing
-    def write_run(self, bundle: dict, origin: str = "reproduced", sweep: str | None = None) -> bool:
+    def write_run(self, bundle: dict, origin: str = "reproduced", sweep: str | None = None,
+                  replace: bool = False) -> bool:
         """Store one run in one transaction. True if written, False if the same content was already
-        there (no-op); ConflictError if the run_key holds different content."""
+        there (no-op); ConflictError if the run_key holds different content, unless `replace` (the
+        sweep completing a run whose sampled evaluation was deferred): then the old rows go and the new
+        ones come in the same transaction."""
         if origin not in ORIGINS:
             raise StoreError(f"origin must be one of {ORIGINS} (got {origin!r})")
         validate_bundle(bundle)
@@ -252,7 +255,9 @@ class Store:
         run = b["run"]
         with self._write() as c:
             row = c.execute("SELECT content_sha256, origin FROM runs WHERE run_key=?", (key,)).fetchone()
-            if row is not None:
+            if row is not None and replace and row[0] != digest:
+                self._delete(c, key)
+            elif row is not None:
                 if row[0] == digest and row[1] == origin:
                     return False
                 what = "content" if row[0] != digest else f"origin ({row[1]} vs {origin})"
@@ -301,11 +306,15 @@ class Store:
     def delete_run(self, run_key: str) -> bool:
         """Remove a run and everything that belongs to it (one transaction). True if it was there."""
         with self._write() as c:
-            ids = [r[0] for r in c.execute("SELECT eval_id FROM evals WHERE run_key=?", (run_key,))]
-            c.executemany("DELETE FROM samples WHERE eval_id=?", [(i,) for i in ids])
-            for table in ("evals", "metrics", "spectra", "configs", "bundles"):
-                c.execute(f"DELETE FROM {table} WHERE run_key=?", (run_key,))
-            return c.execute("DELETE FROM runs WHERE run_key=?", (run_key,)).rowcount > 0
+            return self._delete(c, run_key)
+
+    @staticmethod
+    def _delete(c, run_key: str) -> bool:
+        ids = [r[0] for r in c.execute("SELECT eval_id FROM evals WHERE run_key=?", (run_key,))]
+        c.executemany("DELETE FROM samples WHERE eval_id=?", [(i,) for i in ids])
+        for table in ("evals", "metrics", "spectra", "configs", "bundles"):
+            c.execute(f"DELETE FROM {table} WHERE run_key=?", (run_key,))
+        return c.execute("DELETE FROM runs WHERE run_key=?", (run_key,)).rowcount > 0
 
     def set_meta(self, key: str, value) -> None:
         """Record a JSON value under `key` (e.g. a sweep's lr choices), replacing an earlier one."""
@@ -332,6 +341,12 @@ class Store:
 
     def statuses(self) -> dict[str, str]:
         return dict(self._con.execute("SELECT run_key, status FROM runs"))
+
+    def deferred_run_keys(self) -> set[str]:
+        """Runs stored without their sampled evaluation (a tuning rule's calibration candidates: the
+        sweep completes the one it chooses)."""
+        return {k for (k,) in self._con.execute(
+            "SELECT run_key FROM runs WHERE json_extract(run_json, '$.sampled_eval') = 'deferred'")}
 
     def has_run(self, run_key: str) -> bool:
         return self._con.execute("SELECT 1 FROM runs WHERE run_key=?", (run_key,)).fetchone() is not None

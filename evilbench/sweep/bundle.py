@@ -77,7 +77,8 @@ def read_run_dir(run_dir: str | Path) -> dict:
     evals = {}
     if (d / EVAL_DIR).is_dir():
         for e in sorted((d / EVAL_DIR).iterdir()):
-            if e.is_dir() and (e.name == "final" or e.name.startswith("step-")) and (e / "summary.json").is_file():
+            done = (e / "summary.json").is_file() or (e / "scores.json").is_file()
+            if e.is_dir() and (e.name == "final" or e.name.startswith("step-")) and done:
                 evals[e.name] = e
     sweep = json.loads((d / SWEEP_JSON).read_text()) if (d / SWEEP_JSON).is_file() else {}
     return {"record": record, "schema_version": version, "metrics": _jsonl(d / "metrics.jsonl"),
@@ -88,7 +89,8 @@ def read_run_dir(run_dir: str | Path) -> dict:
 def _eval_entry(label: str, path: Path, total_steps: int | None) -> dict:
     from evilbench.sweep.evaluation import SCORES_FILE, read_dir
 
-    samples, judgments, summary = read_dir(path)
+    # scores only (no sampled evaluation: a spec without questions, or a deferred one)
+    samples, judgments, summary = read_dir(path) if (path / "summary.json").is_file() else ([], [], {})
     ident = summary.get("judge") or {}
     spec = ident.get("spec")
     by = {}

@@ -58,9 +58,13 @@ def _run(args, retry: bool = False) -> int:
     r = _runner(args)
     summary = r.run(retry_failed=retry)
     c = summary["this_call"]
+    chosen = f", {c['evaluated']} chosen lr candidate(s) evaluated" if c.get("evaluated") else ""
     print(f"{summary['spec']}: {summary['finished']}/{summary['jobs']} runs finished "
-          f"({c['done']} now, {c['skipped']} already stored), {len(summary['failed'])} failed, "
+          f"({c['done']} now, {c['skipped']} already stored{chosen}), {len(summary['failed'])} failed, "
           f"{summary['waiting_for_lr_rule']} waiting for the lr rule; store {summary['store']}")
+    for k in summary.get("not_evaluated", []):
+        print(f"not evaluated: {k}: a chosen lr candidate whose sampled evaluation failed (rerun to retry)",
+              file=sys.stderr)
     if c["resumed"]:
         print(f"resumed {len(c['resumed'])} interrupted run(s) from their last saved state")
     if summary["failed"]:
@@ -70,7 +74,7 @@ def _run(args, retry: bool = False) -> int:
             for k in summary["failed"]:
                 print(f"failed: {k}: {(s.get_run(k) or {}).get('error')}", file=sys.stderr)
         return 1
-    return 0 if not summary["missing"] and not summary["waiting_for_lr_rule"] else 1
+    return 0 if not (summary["missing"] or summary["waiting_for_lr_rule"] or summary.get("not_evaluated")) else 1
 
 
 def _status(args) -> int:

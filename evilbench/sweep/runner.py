@@ -196,6 +196,8 @@ class Runner:
         calib = [self.make_job(c, rule) for c in self.calibration_cells()]
         for j in calib:
             j.calibration, j.grid = True, False
+            if self.spec.eval.get("questions"):  # rules choose by loss or scorers, never by the EM evaluation
+                j.payload = {**j.payload, "sampled_eval": "deferred"}
         chosen = self.choose_lrs(self.store(readonly=True), calib) if rule else {}
         jobs = {j.run_key: j for j in calib}
         pending = []
@@ -277,9 +279,14 @@ class Runner:
         from evilbench.sweep.worker import failed_bundle
 
         have = store.statuses()
-        todo = [j for j in jobs if j.run_key not in have]
-        stats.setdefault("_skipped", set()).update(j.run_key for j in jobs if j.run_key in have)
-        stats["skipped"] = len(stats["_skipped"])
+        # grid cells stored as deferred calibration candidates get their sampled evaluation now (their
+        # training and scores are reused from the run directory)
+        complete = store.deferred_run_keys() if any(j.grid for j in jobs) else set()
+        complete = {j.run_key for j in jobs if j.grid and j.run_key in complete}
+        todo = [j for j in jobs if j.run_key not in have or j.run_key in complete]
+        stats.setdefault("_skipped", set()).update(j.run_key for j in jobs if j.run_key in have
+                                                   and j.run_key not in complete)
+        stats["skipped"] = len(stats["_skipped"] - complete)
         if not todo:
             return
         payloads = []
@@ -287,6 +294,8 @@ class Runner:
             p = dict(j.payload)
             if j.run_key in retry:
                 p["overwrite"] = True
+            if j.grid:
+                p.pop("sampled_eval", None)
             payloads.append(p)
         bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -298,14 +307,20 @@ class Runner:
                 if bundle is None:  # the job raised or its worker died
                     bundle = failed_bundle(job.payload, "failed", res.get("error", "unknown error"))
                     self.log(f"failed: {job.label}: {res.get('error')}")
-                try:
-                    store.write_run(bundle, sweep=self.spec.name)
-                except ConflictError as e:
-                    self.log(f"error: {e}")
-                    stats["conflicts"] += 1
-                stats["store_write_s"] += time.perf_counter() - t_w
                 status = bundle["run"]["status"]
-                stats["done" if status == "finished" else "failed"] += 1
+                completing = job.run_key in complete
+                if completing and status != "finished":  # the stored candidate stays as it was
+                    stats["_incomplete"].add(job.run_key)
+                    self.log(f"could not complete the evaluation of {job.label}: {bundle['run'].get('error')}")
+                else:
+                    try:
+                        store.write_run(bundle, sweep=self.spec.name, replace=completing)
+                    except ConflictError as e:
+                        self.log(f"error: {e}")
+                        stats["conflicts"] += 1
+                stats["store_write_s"] += time.perf_counter() - t_w
+                stats["evaluated" if completing and status == "finished" else
+                      "done" if status == "finished" else "failed"] += 1
                 stats["job_seconds"] += res.get("seconds", 0.0) or 0.0
                 if res.get("resumed_from"):
                     stats["resumed"].append({"run_key": job.run_key, "from_step": res["resumed_from"]})
@@ -319,8 +334,8 @@ class Runner:
 
     def run(self, retry_failed: bool = False) -> dict:
         t_start = time.perf_counter()
-        stats = {"done": 0, "failed": 0, "skipped": 0, "conflicts": 0, "resumed": [], "job_seconds": 0.0,
-                 "store_write_s": 0.0, "phase_wall_s": 0.0}
+        stats = {"done": 0, "evaluated": 0, "failed": 0, "skipped": 0, "conflicts": 0, "resumed": [],
+                 "job_seconds": 0.0, "store_write_s": 0.0, "phase_wall_s": 0.0, "_incomplete": set()}
         store = self.store()
         retry = set()
         if retry_failed:
@@ -346,8 +361,11 @@ class Runner:
             self._run_jobs(ex, store, grid, "sweep runs", stats, retry)
         statuses = store.statuses()
         keys = [j.run_key for j in plan.jobs]
+        # grid cells whose sampled evaluation is still deferred (its completion failed): not finished
+        unevaluated = store.deferred_run_keys() & {j.run_key for j in plan.jobs if j.grid}
         summary = {"spec": self.spec.name, "store": str(self.store_path), "jobs": len(keys),
-                   "finished": sum(1 for k in keys if statuses.get(k) == "finished"),
+                   "finished": sum(1 for k in keys if statuses.get(k) == "finished" and k not in unevaluated),
+                   "not_evaluated": sorted(unevaluated),
                    "failed": sorted(k for k in keys if statuses.get(k) not in (None, "finished")),
                    "missing": sorted(k for k in keys if k not in statuses),
                    "waiting_for_lr_rule": len(plan.pending_rule), "lr_choices": plan.chosen,

@@ -58,11 +58,11 @@ def failed_bundle(job: dict, status: str, error: str, record: dict | None = None
             "config": cfg, "metrics": [], "spectra": [], "evals": []}
 
 
-def _evaluate(job: dict, adapter: str | None, out: Path, step: int, backend=None) -> None:
+def _evaluate(job: dict, adapter: str | None, out: Path, step: int, backend=None, sampled: bool = True) -> None:
     from evilbench.sweep.evaluation import evaluate_dir, run_scorers
 
     ev = job["eval"]
-    if ev.get("questions"):
+    if ev.get("questions") and sampled:
         evaluate_dir(job["model"]["path"], adapter, out, ev, step, backend)
     if ev.get("scores"):
         run_scorers(ev["scores"], job["model"]["path"], adapter, out, {"domain": job["dataset"].get("domain")})
@@ -124,6 +124,8 @@ def execute_job(job: dict) -> dict:
     from evilbench.sweep.evaluation import RunBackend
 
     t1 = time.perf_counter()
+    # a tuning rule's candidate: only the rule's scorers now, the sampled evaluation when it is chosen
+    deferred = job.get("sampled_eval") == "deferred" and bool(ev.get("questions"))
     backend = RunBackend(ev["backend"], job["model"]["path"]) if ev.get("questions") else None
     try:
         for step, final in steps:
@@ -132,7 +134,7 @@ def execute_job(job: dict) -> dict:
                 _base_eval(job, out, backend)
                 continue
             adapter = str(run_dir / "adapter") if final else (str(adapters[step]) if step else None)
-            _evaluate(job, adapter, out, step, backend)
+            _evaluate(job, adapter, out, step, backend, sampled=not deferred)
     except Exception as e:  # noqa: BLE001
         return {"run_key": job["run_key"], "seconds": time.perf_counter() - t0,
                 "bundle": failed_bundle(job, "failed", f"evaluation: {type(e).__name__}: {e}", record),
@@ -142,6 +144,8 @@ def execute_job(job: dict) -> dict:
             backend.close()
     t_eval = time.perf_counter() - t1
     bundle = bundle_from_run_dir(run_dir)
+    if deferred:
+        bundle["run"]["sampled_eval"] = "deferred"
     if bundle["run_key"] != job["run_key"]:
         raise RuntimeError(f"{run_dir}: run key {bundle['run_key']} != the job's {job['run_key']}")
     return {"run_key": job["run_key"], "bundle": bundle, "seconds": time.perf_counter() - t0,

@@ -84,3 +84,38 @@ def test_tuning_rule_min_loss(tmp_path, small_base):
     assert s["lr_choices"]["adam"]["lr"] == cand.idxmin()
     assert s["finished"] == 3  # 2 candidates (one is the seed-0 grid cell) + seed 1 at the chosen lr
     assert sorted(runs[runs.seed == 1].lr) == [cand.idxmin()]
+
+
+def test_rule_candidates_defer_the_sampled_evaluation_and_the_chosen_one_completes(tmp_path, small_base, capsys):
+    """A tuning rule's calibration runs get only the rule's inputs (training, exact scores); the chosen
+    one is completed with the sampled evaluation in the grid phase, and its stored bundle then equals
+    the same cell run at that lr without a rule."""
+    import yaml
+
+    from evilbench.cli import main
+    from evilbench.store.db import content_sha256
+
+    d = tiny_spec(tmp_path / "rule", optimizers=["adam"], seeds=[0],
+                  lrs={"rule": "toyworld-fit", "grid": {"adam": [1e-3, 3e-2]}})
+    spec = parse_spec(d)
+    s = Runner(spec, progress=False, log=lambda m: None).run()
+    assert s["finished"] == 2 and not s["not_evaluated"] and s["this_call"]["evaluated"] == 1
+    chosen = s["lr_choices"]["adam"]["lr"]
+    st = Store(spec.store, readonly=True)
+    assert check_store(st)["ok"]
+    runs = st.runs_frame().set_index("lr")
+    other = runs.loc[[lr for lr in (1e-3, 3e-2) if lr != chosen][0], "run_key"]
+    assert st.deferred_run_keys() == {other}
+    b_other = st.get_bundle(other)
+    assert all(e["samples"] == [] for e in b_other["evals"] if e["step"] > 0)  # only the shared base is sampled
+    assert all(e["scores"] for e in b_other["evals"])  # the rule's exact scores at every checkpoint
+    fixed = parse_spec(tiny_spec(tmp_path / "fixed", optimizers=["adam"], seeds=[0], lrs={"adam": [chosen]}))
+    Runner(fixed, progress=False, log=lambda m: None).run()
+    key = runs.loc[chosen, "run_key"]
+    with Store(fixed.store, readonly=True) as st2:
+        assert st2.run_keys() == [key]
+        assert content_sha256(st.get_bundle(key)) == content_sha256(st2.get_bundle(key))
+    p = tmp_path / "rule.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["sweep", "run", str(p), "--no-progress"]) == 0  # nothing left to do
+    assert "2/2 runs finished (0 now, 2 already stored)" in capsys.readouterr().out
