@@ -182,18 +182,20 @@ def _stats(samples: list[dict], outs: list[Outcome], coherent: list[float | None
 def cluster_bootstrap(groups: list[np.ndarray], stat: Callable[[np.ndarray], float], *, n_boot: int, seed: int,
                       level: float = 0.95) -> list[float] | None:
     """Percentile interval of `stat` over resamples of whole groups. Each group is a 2-D array of per-item
-    columns; `stat` gets the column sums of the resampled groups (so pooled ratios are exact)."""
+    columns; `stat` gets the column sums of the resampled groups (so pooled ratios are exact), as K
+    arrays of all replicates at once (`t[i]` is column i's sum in every replicate), so it must be
+    elementwise (ratios and differences of columns are)."""
     if not groups:
         return None
     sums = np.stack([g.sum(axis=0) for g in groups])  # [C, K]
     C = len(groups)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, C, size=(n_boot, C))
-    weights = np.zeros((n_boot, C))
-    np.add.at(weights, (np.repeat(np.arange(n_boot), C), idx.ravel()), 1.0)
-    totals = weights @ sums  # [B, K]
+    # how often each replicate drew each group (counts, exact in float)
+    weights = np.bincount((np.arange(n_boot)[:, None] * C + idx).ravel(), minlength=n_boot * C)
+    totals = weights.reshape(n_boot, C).astype(float) @ sums  # [B, K]
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.array([stat(t) for t in totals], dtype=float)
+        values = np.asarray(stat(totals.T), dtype=float).reshape(n_boot)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None
