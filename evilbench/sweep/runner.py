@@ -235,9 +235,12 @@ class Runner:
         store = self.store(readonly=True)
         st = store.statuses() if store else {}
         out = {"done": [], "failed": [], "running": [], "pending": [], "waiting_for_lr_rule": len(plan.pending_rule)}
+        deferred = store.deferred_run_keys() if store else set()
         for j in plan.jobs:
             s = st.get(j.run_key)
-            if s == "finished":
+            if s == "finished" and j.grid and j.run_key in deferred:  # chosen, sampled evaluation to come
+                out["pending"].append(j)
+            elif s == "finished":
                 out["done"].append(j)
             elif s is not None:
                 out["failed"].append(j)
