@@ -13,11 +13,23 @@ from pathlib import Path
 MANIFEST = "SHA256SUMS"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its files 0600; a written file gets the mode open() would have given it (0666 less
+# the umask), so caches and results stay readable by whoever may read the directory
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary sibling and a rename (readers see old or new, never half)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
