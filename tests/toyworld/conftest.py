@@ -7,6 +7,7 @@ import pytest
 from evilbench.toyworld.base import BaseSpec, PretrainConfig
 from evilbench.toyworld.model import ArchConfig
 from evilbench.toyworld.world import WorldConfig
+from tests.helpers import one_torch_thread, private_cache
 
 # Small enough to pre-train in seconds, large enough for the persona feature and EM to appear.
 SMALL_WORLD = WorldConfig(domains=("code", "medical", "finance", "chat"), questions_per_domain=6,
@@ -18,36 +19,23 @@ SMALL_SPEC = BaseSpec(world=SMALL_WORLD, arch=SMALL_ARCH, pretrain=SMALL_PRETRAI
 
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evilbench-cache")
-    with pytest.MonkeyPatch.context() as mp:  # never touch the user's cache
-        mp.setenv("EVILBENCH_CACHE", str(root))
+    with private_cache(tmp_path_factory) as root:
         yield root
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """The toy models are tiny: intra-op threads only add contention (and spin) on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
 def small_base(toy_cache):
     """The small base model directory (HF format), built once per session."""
-    import torch
-
     from evilbench.toyworld.base import ensure_base
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the model is tiny: intra-op threads only add contention on a busy machine
-    try:
+    with one_torch_thread():
         return ensure_base(SMALL_SPEC, progress=False)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
