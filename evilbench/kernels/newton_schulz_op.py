@@ -102,29 +102,10 @@ def newton_schulz_reference(
     return out
 
 
-def _gram_torch_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> torch.Tensor:
-    """Plain-torch Gram form for one matrix (fp32): two passes over X, r x r work between."""
-    x = m.float()
-    tall = x.shape[0] > x.shape[1]
-    if tall:
-        x = x.T
-    gram = x @ x.T
-    norm = gram.diagonal().sum().sqrt()
-    scale = 1.0 / (norm.clamp(min=eps) if clamp_eps else norm + eps)
-    gram = gram * scale * scale
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    mm = eye
-    for a, b, c in triples:
-        t = mm @ gram @ mm.T
-        mm = a * mm + (b * t + c * t @ t) @ mm
-    out = (mm * scale) @ x
-    return (out.T if tall else out).to(m.dtype)
-
-
-def _gram_float64_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> torch.Tensor:
-    """The Gram form in float64 for one matrix (the kernels' path for ill-conditioned Ĝ), returned in
-    m's dtype."""
-    x = m.double()
+def _gram_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool, dtype=torch.float32) -> torch.Tensor:
+    """Plain-torch Gram form for one matrix in `dtype` (fp32; float64 is the kernels' path for
+    ill-conditioned Ĝ): two passes over X, r x r work between; returned in m's dtype."""
+    x = m.to(dtype)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
@@ -140,6 +121,10 @@ def _gram_float64_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> 
     return (out.T if tall else out).to(m.dtype)
 
 
+def _gram_float64_one(m: torch.Tensor, triples, eps: float, clamp_eps: bool) -> torch.Tensor:
+    return _gram_one(m, triples, eps, clamp_eps, torch.float64)
+
+
 def newton_schulz_gram_torch(
     mats: Sequence[torch.Tensor],
     steps: int = 5,
@@ -150,7 +135,7 @@ def newton_schulz_gram_torch(
     """Gram-form NS written with plain torch ops, one matrix at a time (benchmark baseline and
     fallback). Not robust to fp32 over/underflow of ||X||² (the fused op is)."""
     triples = normalize_coefficients(steps, coefficients)
-    return [_gram_torch_one(m, triples, eps, clamp_eps) for m in mats]
+    return [_gram_one(m, triples, eps, clamp_eps) for m in mats]
 
 
 @functools.cache
